@@ -1,0 +1,167 @@
+"""Checkpoints: STM's released layout (``STM_weights.pth``) and the project's own format.
+
+STM's file is a plain state dict saved from ``nn.DataParallel(STM())``: 558 keys under ``module.``, module names
+``Encoder_M``/``Encoder_Q``/``KV_M_r4``/``KV_Q_r4``/``Decoder`` and ``Key``/``Value`` inside the embeddings; BN
+``num_batches_tracked`` may be absent. KMN adds no parameters, so it loads into the ``paper`` config as is.
+
+The project's format is a safetensors file whose metadata holds the model config: loading it never runs pickled
+code. ``.pth``/``.pt`` files are read with ``torch.load(weights_only=True)`` for the same reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from kmnrt.errors import CheckpointError
+from kmnrt.model.config import CONFIGS, ModelConfig, ReadConfig
+from kmnrt.model.kmn import KMN, build_model
+
+FORMAT = "kmnrt-checkpoint-v1"
+
+# STM name -> ours, applied to the first component after "module." and to the KeyValue convs.
+STM_MODULES = {
+    "Encoder_M": "memory_encoder",
+    "Encoder_Q": "query_encoder",
+    "KV_M_r4": "memory_kv",
+    "KV_Q_r4": "query_kv",
+    "Decoder": "decoder",
+}
+_STM_KV = re.compile(r"^(memory_kv|query_kv)\.(Key|Value)\.")
+
+
+def is_stm_layout(state: dict[str, Tensor]) -> bool:
+    names = {key.removeprefix("module.").split(".", 1)[0] for key in state}
+    return bool(names & set(STM_MODULES))
+
+
+def from_stm(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """STM's key names -> this project's (``module.`` stripped, module and Key/Value renamed)."""
+    converted = {}
+    for key, value in state.items():
+        head, _, rest = key.removeprefix("module.").partition(".")
+        name = f"{STM_MODULES.get(head, head)}.{rest}"
+        name = _STM_KV.sub(lambda m: f"{m.group(1)}.{m.group(2).lower()}.", name)
+        converted[name] = value
+    return converted
+
+
+def to_stm(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """This project's key names -> STM's released layout (with ``module.``); the inverse of :func:`from_stm`."""
+    ours_to_stm = {v: k for k, v in STM_MODULES.items()}
+    converted = {}
+    for key, value in state.items():
+        head, _, rest = key.partition(".")
+        if head in ("memory_kv", "query_kv"):
+            rest = rest.replace("key.", "Key.", 1) if rest.startswith("key.") else rest.replace("value.", "Value.", 1)
+        converted[f"module.{ours_to_stm.get(head, head)}.{rest}"] = value
+    return converted
+
+
+def _short_list(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" … and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def fitting_configs(state: dict[str, Tensor]) -> list[str]:
+    """Names of the built-in configs whose parameter shapes this (converted) state dict matches."""
+    fits = []
+    for name, config in CONFIGS.items():
+        expected = {k: v.shape for k, v in KMN(config).state_dict().items() if not k.endswith("num_batches_tracked")}
+        given = {k: v.shape for k, v in state.items() if not k.endswith("num_batches_tracked")}
+        if expected == given:
+            fits.append(name)
+    return fits
+
+
+def load_state_into(model: nn.Module, state: dict[str, Tensor], source: str = "checkpoint") -> None:
+    """Strictly load ``state`` into ``model``; BN ``num_batches_tracked`` may be missing. A mismatch raises one
+    :class:`CheckpointError` listing missing keys, unexpected keys and shape conflicts."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    conflicts = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+                 for k in state if k in expected and state[k].shape != expected[k].shape]
+    if missing or unexpected or conflicts:
+        lines = [f"{source} does not fit the {getattr(model, 'config', None) and model.config.name!s} model:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {_short_list(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {_short_list(unexpected)}")
+        if conflicts:
+            lines.append(f"  shape conflicts ({len(conflicts)}) checkpoint vs model: {_short_list(conflicts, 4)}")
+        fits = fitting_configs(state)
+        lines.append(f"  it fits --config {fits[0]}" if fits else "  it fits none of the built-in configs "
+                     f"({', '.join(CONFIGS)}); is it a KMN/STM checkpoint?")
+        raise CheckpointError("\n".join(lines))
+    with torch.no_grad():
+        for key, tensor in state.items():
+            expected[key].copy_(tensor)
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], ModelConfig | None]:
+    """Read a checkpoint file -> (state dict in this project's names, its config if the file records one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {exc}") from None
+        config = ModelConfig.from_dict(json.loads(metadata["config"])) if "config" in metadata else None
+        return (from_stm(state) if is_stm_layout(state) else state), config
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for foreign or corrupt files
+        raise CheckpointError(f"checkpoint {path} could not be read as a PyTorch state dict "
+                              f"(weights_only=True): {str(exc).splitlines()[0]}") from None
+    config = None
+    if isinstance(raw, dict) and "model" in raw and isinstance(raw["model"], dict):
+        config = ModelConfig.from_dict(raw["config"]) if isinstance(raw.get("config"), dict) else None
+        raw = raw["model"]
+    elif isinstance(raw, dict) and "state_dict" in raw and isinstance(raw["state_dict"], dict):
+        raw = raw["state_dict"]
+    if not isinstance(raw, dict) or not all(isinstance(v, Tensor) for v in raw.values()):
+        raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
+    return (from_stm(raw) if is_stm_layout(raw) else raw), config
+
+
+def load_model(config: ModelConfig, checkpoint: str | os.PathLike | None = None,
+               read: ReadConfig = ReadConfig()) -> KMN:
+    """A KMN of ``config`` in eval mode, with the checkpoint's weights (or seeded random ones without one)."""
+    model = build_model(config, read)
+    if checkpoint is not None:
+        state, stored_config = read_checkpoint(checkpoint)
+        if stored_config is not None and stored_config != config:
+            raise CheckpointError(f"checkpoint {checkpoint} was saved for config '{stored_config.name}', not "
+                                  f"'{config.name}': pass --config {stored_config.name}")
+        load_state_into(model, state, source=f"checkpoint {checkpoint}")
+    return model
+
+
+def save_checkpoint(model: KMN, path: str | os.PathLike) -> Path:
+    """Write the project's format (safetensors + config metadata) atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    metadata = {"format": FORMAT, "config": json.dumps(model.config.to_dict())}
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file(state, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,3 @@
+from kmnrt.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""Where a frame sits inside the network's input: padding to multiples of 16, and resizing to a fixed bundle size.
+
+The reference protocol (STM/KMN) zero-pads each frame so that H and W become multiples of 16, split evenly
+(floor on the top/left, the rest on the bottom/right), and crops the output back. A bundle has a fixed input size;
+a frame of another size is first resized (bilinear, aspect ratio kept) to fit inside it, then padded, and the
+output probabilities are cropped and resized back to the frame. When the frame already fits exactly (e.g. 480x854
+in a 480x864 bundle) no resizing happens and the result equals the reference protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+STRIDE = 16
+
+
+def round_up(value: int, multiple: int = STRIDE) -> int:
+    return -(-value // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class Framing:
+    frame_size: tuple[int, int]    # (H, W) of the user's frames
+    resized_size: tuple[int, int]  # (H, W) after resizing, before padding
+    input_size: tuple[int, int]    # (H, W) the network sees, multiples of 16
+
+    @classmethod
+    def padded(cls, frame_size: tuple[int, int]) -> Framing:
+        """The reference protocol: pad to the next multiples of 16, no resizing."""
+        h, w = frame_size
+        return cls((h, w), (h, w), (round_up(h), round_up(w)))
+
+    @classmethod
+    def fitted(cls, frame_size: tuple[int, int], input_size: tuple[int, int]) -> Framing:
+        """Resize to fit inside ``input_size`` keeping the aspect ratio (only if it does not fit as is), then pad."""
+        h, w = frame_size
+        ih, iw = input_size
+        if h <= ih and w <= iw and (ih - h) < STRIDE and (iw - w) < STRIDE:
+            return cls((h, w), (h, w), (ih, iw))
+        scale = min(ih / h, iw / w)
+        resized = (min(ih, max(1, round(h * scale))), min(iw, max(1, round(w * scale))))
+        return cls((h, w), resized, (ih, iw))
+
+    @property
+    def needs_resize(self) -> bool:
+        return self.resized_size != self.frame_size
+
+    @property
+    def padding(self) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) zero padding around the resized frame."""
+        dh = self.input_size[0] - self.resized_size[0]
+        dw = self.input_size[1] - self.resized_size[1]
+        return dh // 2, dh - dh // 2, dw // 2, dw - dw // 2
+
+    def to_input(self, planes: Tensor) -> Tensor:
+        """[C, H, W] float planes at frame size (RGB in [0, 1] or probabilities) -> [C, Hn, Wn] network input."""
+        if self.needs_resize:
+            planes = F.interpolate(planes[None], size=self.resized_size, mode="bilinear", align_corners=False)[0]
+        top, bottom, left, right = self.padding
+        return F.pad(planes, (left, right, top, bottom))
+
+    def to_frame(self, planes: Tensor) -> Tensor:
+        """[C, Hn, Wn] network output -> [C, H, W] at the frame's size (crop, then resize back if needed)."""
+        top, _, left, _ = self.padding
+        rh, rw = self.resized_size
+        planes = planes[:, top:top + rh, left:left + rw]
+        if self.needs_resize:
+            planes = F.interpolate(planes[None], size=self.frame_size, mode="bilinear", align_corners=False)[0]
+        return planes
+
+
+def frame_to_tensor(frame: np.ndarray | Tensor, device: torch.device | str = "cpu") -> Tensor:
+    """HWC uint8 RGB (numpy or torch, any device) -> [3, H, W] float32 in [0, 1] on ``device``."""
+    tensor = torch.as_tensor(frame).to(device)
+    return tensor.permute(2, 0, 1).to(torch.float32).div_(255.0)
+
+
+def one_hot_probs(labels: np.ndarray | Tensor, object_ids: list[int], device: torch.device | str = "cpu") -> Tensor:
+    """An index mask [H, W] and the tracked ids -> probabilities [N+1, H, W] (background first); ids not in
+    ``object_ids`` count as background."""
+    labels = torch.as_tensor(np.asarray(labels) if not isinstance(labels, Tensor) else labels).to(device)
+    planes = [labels == obj for obj in object_ids]
+    foreground = torch.stack(planes).to(torch.float32) if planes else labels.new_zeros((0, *labels.shape), dtype=torch.float32)
+    background = 1.0 - foreground.sum(dim=0, keepdim=True).clamp(max=1.0)
+    return torch.cat([background, foreground])
