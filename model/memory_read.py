@@ -40,10 +40,10 @@ def _valid_bias(memory_valid: Tensor | None, positions_per_frame: int, n: int) -
     return bias.unsqueeze(-1).expand(n, -1, positions_per_frame).reshape(n, 1, -1)
 
 
-def grid_coordinates(h: int, w: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
-    """Row and column of every feature cell, flattened row-major: two float tensors [h*w]."""
-    ys = torch.arange(h, dtype=torch.float32, device=device).repeat_interleave(w)
-    xs = torch.arange(w, dtype=torch.float32, device=device).repeat(h)
+def grid_coordinates(h: int, w: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """Row and column of every feature cell, flattened row-major: two tensors [h*w] of ``like``'s dtype/device."""
+    ys = torch.arange(h, dtype=like.dtype, device=like.device).repeat_interleave(w)
+    xs = torch.arange(w, dtype=like.dtype, device=like.device).repeat(h)
     return ys, xs
 
 
@@ -84,7 +84,7 @@ def kmn_read(memory_key: Tensor, memory_value: Tensor, query_key: Tensor, sigma:
     mk, mv = _object_major(memory_key), _object_major(memory_value)
     qk = query_key.reshape(ck, h * w)
     match = memory_to_query_match(mk, qk)  # [N, P]
-    ys, xs = grid_coordinates(h, w, memory_key.device)
+    ys, xs = grid_coordinates(h, w, memory_key)
     dy = ys.view(1, -1, 1) - gather_coordinates(ys, match).unsqueeze(1)  # [N, Q, P]
     dx = xs.view(1, -1, 1) - gather_coordinates(xs, match).unsqueeze(1)
     log_gaussian = -(dy * dy + dx * dx) / (2.0 * sigma * sigma)
@@ -110,7 +110,7 @@ def kmn_read_folded(memory_key: Tensor, memory_value: Tensor, query_key: Tensor,
     mk, mv = _object_major(memory_key), _object_major(memory_value)
     qk = query_key.reshape(ck, h * w)
     match = memory_to_query_match(mk, qk)
-    ys, xs = grid_coordinates(h, w, memory_key.device)
+    ys, xs = grid_coordinates(h, w, memory_key)
     y_hat = gather_coordinates(ys, match).unsqueeze(1)  # [N, 1, P]
     x_hat = gather_coordinates(xs, match).unsqueeze(1)
     inv_var = 1.0 / (sigma * sigma)

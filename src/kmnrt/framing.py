@@ -76,15 +76,21 @@ class Framing:
 
 def frame_to_tensor(frame: np.ndarray | Tensor, device: torch.device | str = "cpu") -> Tensor:
     """HWC uint8 RGB (numpy or torch, any device) -> [3, H, W] float32 in [0, 1] on ``device``."""
-    tensor = torch.as_tensor(frame).to(device)
+    tensor = frame if isinstance(frame, Tensor) else torch.from_numpy(_writable(frame))
+    tensor = tensor.to(device)
     return tensor.permute(2, 0, 1).to(torch.float32).div_(255.0)
 
 
 def one_hot_probs(labels: np.ndarray | Tensor, object_ids: list[int], device: torch.device | str = "cpu") -> Tensor:
     """An index mask [H, W] and the tracked ids -> probabilities [N+1, H, W] (background first); ids not in
     ``object_ids`` count as background."""
-    labels = torch.as_tensor(np.asarray(labels) if not isinstance(labels, Tensor) else labels).to(device)
+    labels = (labels if isinstance(labels, Tensor) else torch.from_numpy(_writable(np.asarray(labels)))).to(device)
     planes = [labels == obj for obj in object_ids]
     foreground = torch.stack(planes).to(torch.float32) if planes else labels.new_zeros((0, *labels.shape), dtype=torch.float32)
     background = 1.0 - foreground.sum(dim=0, keepdim=True).clamp(max=1.0)
     return torch.cat([background, foreground])
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    """torch.from_numpy refuses (warns on) read-only arrays, e.g. PIL's; copy only those."""
+    return array if array.flags.writeable else array.copy()

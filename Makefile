@@ -1,0 +1,39 @@
+# The two set-up commands of the README: `make demo` (the main job on the embedded default) and `make test`.
+# Both create the project's virtual environment with the pinned dependencies on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+KMNRT := $(VENV)/bin/kmnrt
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+
+SHARED_VOS ?= ../shared/data/vos
+DEMO_SEQUENCE ?= $(SHARED_VOS)/davis2016_blackswan
+DEMO_BUNDLE ?= engines/demo-tiny
+DEMO_OUT ?= out/demo
+
+.PHONY: demo test test-all clean-venv
+
+$(STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+# Export the embedded tiny model to an ONNX bundle, run it on a real DAVIS sequence, score it with J&F.
+demo: $(STAMP)
+	$(KMNRT) export --config tiny --height 480 --width 864 --max-objects 4 --max-memory 16 --out $(DEMO_BUNDLE) --force
+	$(KMNRT) run --bundle $(DEMO_BUNDLE) --input $(DEMO_SEQUENCE)/JPEGImages --mask $(DEMO_SEQUENCE)/Annotations/00000.png \
+		--out $(DEMO_OUT)/$(notdir $(DEMO_SEQUENCE)) --overlay $(DEMO_OUT)/$(notdir $(DEMO_SEQUENCE)).mp4
+	$(KMNRT) eval $(DEMO_SEQUENCE) $(DEMO_OUT) --json $(DEMO_OUT)/scores.json
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# Also the slow tests (paper-size parity, long runs).
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "slow or not slow"
+
+clean-venv:
+	rm -rf $(VENV)

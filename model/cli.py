@@ -1,0 +1,96 @@
+"""``kmnrt track``: segment a video with the PyTorch reference tracker and write DAVIS palette PNGs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from kmnrt.errors import UserInputError
+from kmnrt.model.config import CONFIGS, DEFAULT_CONFIG
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "track",
+        help="segment a video with the PyTorch reference tracker (no export needed)",
+        description="Track the objects of a first-frame mask through a video with the PyTorch KMN model, following "
+        "the STM/KMN evaluation protocol (frames padded to multiples of 16; memory = first frame + every "
+        "--mem-every-th frame + the previous frame). Writes one indexed DAVIS-palette PNG per frame, named like the "
+        "frames and of their size, keeping the mask's label ids.",
+    )
+    parser.add_argument("--config", choices=sorted(CONFIGS), default=DEFAULT_CONFIG,
+                        help=f"model size (default: {DEFAULT_CONFIG})")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="weights: STM's STM_weights.pth (with --config paper) or a kmnrt .safetensors "
+                        "checkpoint; default: the embedded weights of the config if it has some, else seeded "
+                        "random weights (a warning says so)")
+    parser.add_argument("--read", choices=("kmn", "stm"), default="kmn",
+                        help="memory read: KMN's kernelized read or STM's (default: kmn)")
+    parser.add_argument("--sigma", type=float, default=7.0, help="KMN Gaussian width in feature cells (default: 7)")
+    parser.add_argument("--mem-every", type=int, default=5,
+                        help="every N-th frame joins the permanent memory (default: 5)")
+    parser.add_argument("--max-memory", type=int, default=None,
+                        help="bound the memory to this many frames (default: unbounded, as STM)")
+    parser.add_argument("--input", type=Path, required=True, help="a folder of frames or a video file")
+    parser.add_argument("--mask", type=Path, required=True,
+                        help="the first frame's index mask (PNG), or a folder of mask PNGs named like the frames: "
+                        "the first is the first frame's, later ones add objects that first appear there")
+    parser.add_argument("--out", type=Path, required=True, help="output folder for the PNG masks")
+    parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch device (default: cpu)")
+    parser.set_defaults(handler=run_track)
+
+
+def read_masks(mask_path: Path, frame_names: list[str]) -> tuple:
+    """-> (first mask, {frame index: later mask}) from a PNG file or a folder of PNGs named like the frames."""
+    from kmnrt.data import read_label_png
+
+    if mask_path.is_file():
+        return read_label_png(mask_path), {}
+    if not mask_path.is_dir():
+        raise UserInputError(f"mask {mask_path} does not exist")
+    by_name = {p.stem: p for p in mask_path.glob("*.png")}
+    if frame_names[0] not in by_name:
+        raise UserInputError(f"mask folder {mask_path} has no {frame_names[0]}.png for the first frame")
+    later = {i: read_label_png(by_name[n]) for i, n in enumerate(frame_names) if i > 0 and n in by_name}
+    return read_label_png(by_name[frame_names[0]]), later
+
+
+def run_track(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from kmnrt.data import open_frames, write_label_png
+    from kmnrt.model.checkpoint import load_model
+    from kmnrt.model.config import ReadConfig, get_config
+    from kmnrt.model.reference import ReferenceTracker, TrackerConfig
+    from kmnrt.model.embedded import default_checkpoint
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserInputError("--device cuda: no CUDA device is available to PyTorch; use --device cpu")
+    config = get_config(args.config)
+    checkpoint = args.checkpoint or default_checkpoint(config.name)
+    if checkpoint is None:
+        print(f"warning: no checkpoint for config '{config.name}': using seeded random weights, the masks will be "
+              f"meaningless; pass --checkpoint", file=sys.stderr)
+    model = load_model(config, checkpoint, ReadConfig(args.read, args.sigma))
+    tracker = ReferenceTracker(model, TrackerConfig(args.mem_every, args.max_memory), device=args.device)
+
+    source = open_frames(args.input, max_frames=args.max_frames)
+    first_mask, later_masks = read_masks(args.mask, source.names)
+    names = source.names
+    frames = (frame for _, frame in source)
+    started = time.perf_counter()
+    count = 0
+    progress = tqdm(total=len(source), desc="tracking", unit="frame", file=sys.stderr, disable=None)
+    with progress:
+        for result in tracker.track(frames, first_mask, later_masks):
+            write_label_png(args.out / f"{names[result.index]}.png", result.labels)
+            count += 1
+            progress.update(1)
+    elapsed = time.perf_counter() - started
+    print(f"tracked {len(result.object_ids)} object(s) {result.object_ids} over {count} frames in {elapsed:.1f} s "
+          f"({count / elapsed:.2f} fps, {config.name}, {args.read}, {args.device}) -> {args.out}")
+    return 0

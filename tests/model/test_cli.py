@@ -1,0 +1,107 @@
+"""`kmnrt track` end to end on real frames, and its answers to bad input."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kmnrt.cli import main
+from kmnrt.model.checkpoint import save_checkpoint
+from kmnrt.model.config import get_config
+from kmnrt.model.kmn import build_model
+
+
+@pytest.fixture()
+def tiny_checkpoint(tmp_path):
+    return save_checkpoint(build_model(get_config("tiny"), seed=0), tmp_path / "tiny.safetensors")
+
+
+def run(capsys, *args):
+    code = main(["track", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_track_writes_palette_pngs_named_like_the_frames(tmp_path, capsys, shared_vos, tiny_checkpoint):
+    seq = shared_vos / "davis2016_bmx-trees"
+    out = tmp_path / "pred"
+    code, stdout, err = run(capsys, "--config", "tiny", "--checkpoint", tiny_checkpoint,
+                            "--input", seq / "JPEGImages", "--mask", seq / "Annotations_davis2017_first_frame" / "00000.png",
+                            "--out", out, "--max-frames", 4)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "00002.png", "00003.png"]
+    first = Image.open(out / "00000.png")
+    assert first.mode == "P" and first.size == (854, 480)
+    assert first.getpalette()[3:9] == [128, 0, 0, 0, 128, 0]  # DAVIS colours of ids 1 and 2
+    given = np.asarray(Image.open(seq / "Annotations_davis2017_first_frame" / "00000.png"))
+    assert np.array_equal(np.asarray(first), given)
+    assert set(np.unique(np.asarray(Image.open(out / "00003.png")))) <= {0, 1, 2}
+    assert "2 object(s) [1, 2] over 4 frames" in stdout
+
+
+def test_track_reads_a_video_file(tmp_path, capsys, tiny_checkpoint):
+    import cv2
+
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (80, 48))
+    for t in range(5):
+        frame = np.full((48, 80, 3), 40, np.uint8)
+        cv2.circle(frame, (20 + 5 * t, 24), 8, (0, 200, 255), -1)
+        writer.write(frame)
+    writer.release()
+    mask = np.zeros((48, 80), np.uint8)
+    mask[16:33, 12:29] = 1
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    code, _, err = run(capsys, "--config", "tiny", "--checkpoint", tiny_checkpoint, "--input", video,
+                       "--mask", tmp_path / "mask.png", "--out", tmp_path / "pred")
+    assert code == 0, err
+    assert len(list((tmp_path / "pred").glob("*.png"))) == 5
+    assert Image.open(tmp_path / "pred" / "00004.png").size == (80, 48)
+
+
+def test_random_weights_come_with_a_warning(tmp_path, capsys, shared_vos):
+    seq = shared_vos / "davis2016_blackswan"
+    code, _, err = run(capsys, "--config", "lite", "--input", seq / "JPEGImages", "--mask", seq / "Annotations" / "00000.png",
+                       "--out", tmp_path / "pred", "--max-frames", 1)
+    assert code == 0 and "random weights" in err
+
+
+def bad_input_cases(tmp_path, shared_vos):
+    seq = shared_vos / "davis2016_blackswan"
+    mask = seq / "Annotations" / "00000.png"
+    (tmp_path / "empty").mkdir()
+    Image.fromarray(np.zeros((480, 854), np.uint8)).save(tmp_path / "blank.png")
+    Image.fromarray(np.zeros((240, 427), np.uint8) + 1).save(tmp_path / "small.png")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    shutil.copy(seq / "JPEGImages" / "00000.jpg", broken / "00000.jpg")
+    (broken / "00001.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
+    other = tmp_path / "paper.pth"
+    torch.save({"module.Encoder_M.conv1.weight": torch.zeros(64, 3, 7, 7)}, other)
+    frames = seq / "JPEGImages"
+    return {
+        "empty frame folder": (["--input", tmp_path / "empty", "--mask", mask], str(tmp_path / "empty")),
+        "mask of another size": (["--input", frames, "--mask", tmp_path / "small.png"], "differs from the frame size"),
+        "first mask without object": (["--input", frames, "--mask", tmp_path / "blank.png"], "no object"),
+        "unreadable image": (["--input", broken, "--mask", mask], "00001.jpg"),
+        "checkpoint of another architecture": (["--input", frames, "--mask", mask, "--checkpoint", other],
+                                               "does not fit the tiny model"),
+        "missing mask": (["--input", frames, "--mask", tmp_path / "nope.png"], "nope.png"),
+    }
+
+
+@pytest.mark.parametrize("case", ["empty frame folder", "mask of another size", "first mask without object",
+                                  "unreadable image", "checkpoint of another architecture", "missing mask"])
+def test_bad_input_gives_one_clear_error(tmp_path, capsys, shared_vos, tiny_checkpoint, case):
+    args, expected = bad_input_cases(tmp_path, shared_vos)[case]
+    if "--checkpoint" not in args:
+        args = [*args, "--checkpoint", tiny_checkpoint]
+    code, _, err = run(capsys, "--config", "tiny", *args, "--out", tmp_path / "pred", "--max-frames", 3)
+    assert code == 2
+    assert err.startswith("error: ") or "\nerror: " in err
+    assert expected in err
+    assert "Traceback" not in err
