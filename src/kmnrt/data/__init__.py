@@ -1,0 +1,63 @@
+"""Frames, videos, DAVIS-style dataset trees and palette label PNGs.
+
+Public API (imported lazily, so ``import kmnrt.data`` does not load numpy, OpenCV or Pillow):
+
+- palette:  ``DAVIS_PALETTE``, ``read_label_png``, ``write_label_png``, ``colorize_labels``
+- frames:   ``read_image``, ``open_frames``, ``FrameSource``, ``ImageFolderSource``, ``VideoFileSource``
+- datasets: ``Sequence``, ``find_sequences``, ``read_annotation``, ``open_sequence_frames``
+- files:    ``atomic_output``
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "DAVIS_PALETTE": "kmnrt.data.palette",
+    "DAVIS_VOID": "kmnrt.data.palette",
+    "colorize_labels": "kmnrt.data.palette",
+    "read_label_png": "kmnrt.data.palette",
+    "write_label_png": "kmnrt.data.palette",
+    "IMAGE_EXTENSIONS": "kmnrt.data.frames",
+    "FrameSource": "kmnrt.data.frames",
+    "ImageFolderSource": "kmnrt.data.frames",
+    "VideoFileSource": "kmnrt.data.frames",
+    "natural_sort_key": "kmnrt.data.frames",
+    "open_frames": "kmnrt.data.frames",
+    "read_image": "kmnrt.data.frames",
+    "Sequence": "kmnrt.data.davis",
+    "find_sequences": "kmnrt.data.davis",
+    "open_sequence_frames": "kmnrt.data.davis",
+    "read_annotation": "kmnrt.data.davis",
+    "atomic_output": "kmnrt.data.atomic",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from kmnrt.data.atomic import atomic_output
+    from kmnrt.data.davis import Sequence, find_sequences, open_sequence_frames, read_annotation
+    from kmnrt.data.frames import (
+        IMAGE_EXTENSIONS,
+        FrameSource,
+        ImageFolderSource,
+        VideoFileSource,
+        natural_sort_key,
+        open_frames,
+        read_image,
+    )
+    from kmnrt.data.palette import DAVIS_PALETTE, DAVIS_VOID, colorize_labels, read_label_png, write_label_png
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

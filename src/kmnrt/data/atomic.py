@@ -1,0 +1,46 @@
+"""Atomic file output: readers never see a half-written mask, JSON or image.
+
+Write to a temporary name in the destination folder, then ``os.replace`` it over the destination. The
+rename is atomic on one file system, which is why the temporary file must sit in the same folder.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from kmnrt.errors import UserInputError
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; when the block ends without error it replaces ``path``.
+
+    Parent folders are created. On any error the temporary file is removed and ``path`` is left as it
+    was. Operating-system errors (no permission, disk full, a folder in the way) become a
+    :class:`UserInputError` naming ``path``, since the destination comes from the user.
+
+    Example::
+
+        with atomic_output("out/result.json") as tmp:
+            tmp.write_text(text)
+    """
+    path = Path(path)
+    # Not tempfile.mkstemp: it creates the file with mode 0600, which the final file would keep.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        with suppress(OSError):
+            tmp.unlink()
+        reason = exc.strerror or str(exc)
+        raise UserInputError(f"cannot write {path}: {reason}; choose a writable location") from exc
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink()
+        raise

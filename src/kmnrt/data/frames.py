@@ -1,0 +1,228 @@
+"""Video frames as ``[H, W, 3]`` uint8 RGB arrays, from a folder of images or from a video file.
+
+:func:`open_frames` picks the source by path type. Every source yields ``(name, frame)`` pairs, where
+``name`` is the frame's stem ("00000"), the name its mask PNG gets. All frames of one source must have
+the size of the first one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from kmnrt.errors import UserInputError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+"""Suffixes (lower case) that count as frames in a folder."""
+
+
+def natural_sort_key(name: str) -> tuple[tuple[str | int, ...], str]:
+    """Sort key that orders embedded numbers by value: "frame2" < "frame10" (plain sorting says otherwise)."""
+    # re.split with a group alternates text, number, text, ...; so position i always holds the same type.
+    parts = re.split(r"(\d+)", name)
+    return tuple(int(part) if index % 2 else part.casefold() for index, part in enumerate(parts)), name
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an image file as ``[H, W, 3]`` uint8 RGB.
+
+    Grayscale is repeated over three channels, alpha is dropped, 16-bit is scaled to 8-bit, and the EXIF
+    orientation of photos is applied (OpenCV ``IMREAD_COLOR``).
+
+    Raises:
+        UserInputError: the file is missing or cannot be decoded as an image.
+    """
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)  # not cv2.imread: it fails on non-ASCII paths on Windows
+    except FileNotFoundError:
+        raise UserInputError(f"image {path} does not exist") from None
+    except OSError as exc:
+        raise UserInputError(f"cannot read image {path}: {exc.strerror or exc}") from exc
+    frame = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if frame is None:
+        raise UserInputError(
+            f"cannot decode image {path}: the file is empty, damaged or not an image; "
+            "replace it or remove it from the folder"
+        )
+    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+
+class FrameSource(ABC):
+    """A sequence of same-size RGB frames with names.
+
+    Attributes:
+        path: the folder or video file the frames come from.
+        names: frame stems in playback order, e.g. ``["00000", "00001", ...]``.
+    """
+
+    path: Path
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    @abstractmethod
+    def size(self) -> tuple[int, int]:
+        """``(H, W)`` of the first frame; every frame has this size."""
+
+    @abstractmethod
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        """Yield ``(name, frame)`` with ``frame`` ``[H, W, 3]`` uint8 RGB, in order."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, {len(self)} frames)"
+
+    def _check_size(self, frame: np.ndarray, what: str) -> None:
+        height, width = self.size
+        if frame.shape[:2] != (height, width):
+            raise UserInputError(
+                f"{what} is {frame.shape[1]}x{frame.shape[0]} (width x height) but the first frame of "
+                f"{self.path} is {width}x{height}; all frames of a video must have the same size"
+            )
+
+
+class ImageFolderSource(FrameSource):
+    """Frames stored as image files in one folder, in natural order of their names (2 before 10)."""
+
+    def __init__(self, folder: str | os.PathLike[str], max_frames: int | None = None) -> None:
+        self.path = Path(folder)
+        if not self.path.is_dir():
+            raise UserInputError(f"frame folder {self.path} does not exist or is not a folder")
+        files = sorted(
+            (
+                entry
+                for entry in self.path.iterdir()
+                if entry.suffix.lower() in IMAGE_EXTENSIONS and not entry.name.startswith(".") and entry.is_file()
+            ),
+            key=lambda entry: natural_sort_key(entry.name),
+        )
+        if not files:
+            hint = ""
+            if (self.path / "JPEGImages").is_dir():
+                hint = f" (did you mean {self.path / 'JPEGImages'}?)"
+            extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+            raise UserInputError(f"frame folder {self.path} holds no images ({extensions}){hint}")
+        seen: dict[str, Path] = {}
+        for file in files:
+            if file.stem in seen:
+                raise UserInputError(
+                    f"frame folder {self.path} holds both {seen[file.stem].name} and {file.name}; "
+                    "frame names must be unique, remove one of them"
+                )
+            seen[file.stem] = file
+        self.paths: list[Path] = files[: _check_max_frames(max_frames)]
+        self.names = [file.stem for file in self.paths]
+
+    @cached_property
+    def _first_frame_size(self) -> tuple[int, int]:
+        height, width = read_image(self.paths[0]).shape[:2]
+        return height, width
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self._first_frame_size
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        for name, file in zip(self.names, self.paths):
+            frame = read_image(file)
+            self._check_size(frame, f"frame {file}")
+            yield name, frame
+
+
+class VideoFileSource(FrameSource):
+    """Frames decoded from a video file with OpenCV; names are ``00000``, ``00001``, ...
+
+    The frame count comes from the container (``CAP_PROP_FRAME_COUNT``); when it is unknown the file is
+    decoded once at opening to count. A decoder simply stops at damaged data, so a video that ends before
+    its declared count raises :class:`UserInputError` naming the first missing frame, after the frames
+    before it have been yielded.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], max_frames: int | None = None) -> None:
+        self.path = Path(path)
+        limit = _check_max_frames(max_frames)
+        capture = self._open()
+        try:
+            self.declared_frame_count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+            ok, first = capture.read()
+            if not ok or first is None:
+                raise UserInputError(f"video {self.path} holds no frame that OpenCV can decode")
+            self._size: tuple[int, int] = (first.shape[0], first.shape[1])
+            count = self.declared_frame_count
+            if count <= 0:  # some containers do not say; count by decoding
+                count = 1
+                while capture.grab():
+                    count += 1
+                self.declared_frame_count = count
+        finally:
+            capture.release()
+        self.names = [f"{index:05d}" for index in range(count if limit is None else min(count, limit))]
+
+    def _open(self) -> cv2.VideoCapture:
+        if not self.path.is_file():
+            raise UserInputError(f"video {self.path} does not exist")
+        capture = cv2.VideoCapture(str(self.path))
+        if not capture.isOpened():
+            capture.release()
+            raise UserInputError(
+                f"cannot open video {self.path}: OpenCV could not read it (unknown container or codec, or a "
+                "damaged file); re-encode it (e.g. to H.264 .mp4) or extract its frames to a folder"
+            )
+        return capture
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self._size
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        capture = self._open()
+        try:
+            for index, name in enumerate(self.names):
+                ok, frame = capture.read()
+                if not ok or frame is None:
+                    raise UserInputError(
+                        f"frame {index} of video {self.path} could not be decoded: the file declares "
+                        f"{self.declared_frame_count} frames but decoding stopped after {index}; the file is "
+                        "truncated or damaged, re-encode it or use only its first frames"
+                    )
+                if frame.ndim == 2:
+                    frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
+                else:
+                    frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                self._check_size(frame, f"frame {index} of video {self.path}")
+                yield name, frame
+        finally:
+            capture.release()
+
+
+def open_frames(path: str | os.PathLike[str], max_frames: int | None = None) -> FrameSource:
+    """Open a folder of images or a video file as a :class:`FrameSource` of at most ``max_frames`` frames.
+
+    Raises:
+        UserInputError: the path does not exist, is a single image, or holds no readable frames.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return ImageFolderSource(path, max_frames)
+    if not path.exists():
+        raise UserInputError(f"{path} does not exist; give a folder of frames or a video file")
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        raise UserInputError(
+            f"{path} is a single image; give the folder that holds the frames ({path.parent}) or a video file"
+        )
+    return VideoFileSource(path, max_frames)
+
+
+def _check_max_frames(max_frames: int | None) -> int | None:
+    if max_frames is not None and max_frames < 1:
+        raise UserInputError(f"max_frames must be at least 1, got {max_frames}")
+    return max_frames

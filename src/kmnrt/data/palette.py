@@ -1,0 +1,147 @@
+"""Label PNGs: the DAVIS palette, and reading/writing per-pixel object ids.
+
+A label map is an ``[H, W]`` uint8 array of object ids: 0 = background, k = object k. On disk it is an
+indexed ("P") PNG whose pixel values are the ids themselves; the palette only colours them for display,
+so the official DAVIS tools (which read the raw indices) see exactly the ids we wrote.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from kmnrt.data.atomic import atomic_output
+from kmnrt.errors import UserInputError
+
+DAVIS_VOID = 255
+"""Ground-truth value DAVIS uses for void pixels ("don't care"); the semi-supervised protocol counts them
+as background."""
+
+
+def _pascal_voc_colormap() -> np.ndarray:
+    """The 256-colour PASCAL VOC colour map: index bits are dealt out in turn to red, green and blue.
+
+    Bit 0 of the index goes to the top bit of red, bit 1 to the top bit of green, bit 2 to the top bit
+    of blue, bit 3 to the second bit of red, and so on. Every index gets a different colour.
+    """
+    colormap = np.zeros((256, 3), dtype=np.uint8)
+    for index in range(256):
+        code = index
+        red = green = blue = 0
+        for bit in range(7, -1, -1):
+            red |= (code & 1) << bit
+            green |= ((code >> 1) & 1) << bit
+            blue |= ((code >> 2) & 1) << bit
+            code >>= 3
+        colormap[index] = (red, green, blue)
+    colormap.setflags(write=False)
+    return colormap
+
+
+DAVIS_PALETTE: np.ndarray = _pascal_voc_colormap()
+"""``[256, 3]`` uint8, read-only: colour of each label id in DAVIS annotation PNGs (1 = (128, 0, 0))."""
+
+# Colours packed as 0xRRGGBB, sorted, to map RGB masks back to ids with one searchsorted call.
+_PACKED_PALETTE = (DAVIS_PALETTE.astype(np.int32) @ np.array([1 << 16, 1 << 8, 1], dtype=np.int32))
+_PACKED_ORDER = np.argsort(_PACKED_PALETTE)
+_PACKED_SORTED = _PACKED_PALETTE[_PACKED_ORDER]
+
+
+def colorize_labels(labels: np.ndarray) -> np.ndarray:
+    """``[H, W]`` uint8 ids → ``[H, W, 3]`` uint8 RGB in DAVIS colours (for overlays and previews)."""
+    return DAVIS_PALETTE[np.asarray(labels, dtype=np.uint8)]
+
+
+def write_label_png(path: str | os.PathLike[str], labels: np.ndarray) -> None:
+    """Write ``labels`` (``[H, W]``, ids 0..255) as an indexed PNG with the DAVIS palette, atomically.
+
+    The raw ids are stored as the pixel values. Parent folders are created.
+
+    Raises:
+        ValueError: ``labels`` is not a 2-D integer array with values in 0..255 (a programming error).
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be a 2-D [H, W] array of object ids, got shape {labels.shape}")
+    if labels.dtype != np.uint8:
+        if labels.dtype != bool and not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels must hold integer object ids, got dtype {labels.dtype}")
+        if labels.size and (labels.min() < 0 or labels.max() > 255):
+            raise ValueError("labels must lie in 0..255 to fit an indexed PNG")
+        labels = labels.astype(np.uint8)
+    image = Image.fromarray(np.ascontiguousarray(labels))  # mode "L" holding the raw ids
+    image.putpalette(DAVIS_PALETTE.tobytes())  # turns it into mode "P" without touching the values
+    with atomic_output(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def read_label_png(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a mask PNG as an ``[H, W]`` uint8 array of object ids.
+
+    - Palette ("P") PNG: the raw indices (255 stays 255; callers that follow DAVIS treat it as void).
+    - Grayscale ("L", 16-bit or 1-bit): the values. If they are exactly {0, 255} or {255}, the file is a
+      DAVIS-2016 binary mask and 255 becomes object 1. Otherwise 255 is DAVIS void and becomes 0.
+    - RGB/RGBA: each colour mapped back through :data:`DAVIS_PALETTE` (alpha ignored); a colour outside
+      the palette is an error.
+
+    Raises:
+        UserInputError: the file is missing, unreadable, not an image, or not a label mask.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = image.mode
+            pixels = np.asarray(image)
+    except FileNotFoundError:
+        raise UserInputError(f"mask file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserInputError(f"mask path {path} is a folder, expected a PNG file") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL reports damaged files with all three
+        raise UserInputError(f"cannot read mask {path}: {exc}; it must be a PNG label mask") from exc
+
+    if mode == "P":
+        return pixels.astype(np.uint8, copy=False)
+    if mode in ("L", "LA", "1", "I", "I;16", "I;16B", "I;16L"):
+        values = pixels[..., 0] if pixels.ndim == 3 else pixels
+        if values.dtype != np.uint8:
+            if values.size and (values.min() < 0 or values.max() > 255):
+                raise UserInputError(
+                    f"mask {path} holds values outside 0..255 ({int(values.min())}..{int(values.max())}); "
+                    "object ids must fit 0..255"
+                )
+            values = values.astype(np.uint8)
+        return _grayscale_to_ids(values)
+    if mode in ("RGB", "RGBA"):
+        return _colours_to_ids(pixels[..., :3], path)
+    raise UserInputError(
+        f"mask {path} has image mode {mode!r}; expected an indexed (palette) or grayscale PNG of object ids"
+    )
+
+
+def _grayscale_to_ids(values: np.ndarray) -> np.ndarray:
+    counts = np.bincount(values.ravel(), minlength=256)
+    if counts[255] and not counts[1:255].any():
+        # DAVIS 2016 stores its single object as 255.
+        return (values == 255).astype(np.uint8)
+    if counts[255]:
+        values = values.copy()
+        values[values == DAVIS_VOID] = 0
+    return values
+
+
+def _colours_to_ids(rgb: np.ndarray, path: Path) -> np.ndarray:
+    packed = rgb.astype(np.int32) @ np.array([1 << 16, 1 << 8, 1], dtype=np.int32)
+    position = np.searchsorted(_PACKED_SORTED, packed).clip(max=255)
+    known = _PACKED_SORTED[position] == packed
+    if not known.all():
+        y, x = np.argwhere(~known)[0]
+        colour = tuple(int(c) for c in rgb[y, x])
+        raise UserInputError(
+            f"mask {path} is an RGB image with colour {colour} (at x={x}, y={y}) that is not in the DAVIS "
+            "palette; save masks as indexed (palette) or grayscale PNGs whose values are the object ids"
+        )
+    return _PACKED_ORDER[position].astype(np.uint8)

@@ -1,0 +1,76 @@
+"""``kmnrt eval``: score predicted masks against DAVIS ground truth with the official J, F and J&F.
+
+Only argparse is imported here; the evaluation code is imported by the handler, so building the
+``kmnrt`` parser stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from kmnrt.errors import UserInputError
+
+if TYPE_CHECKING:
+    from kmnrt.evaluation.results import EvaluationResult
+
+DESCRIPTION = """\
+Score predicted masks against ground truth with the DAVIS 2017 semi-supervised protocol: J (region
+IoU), F (boundary F-measure, tolerance 0.8% of the diagonal) and J&F, as Mean/Recall/Decay per object
+and as plain means over all objects. The first and last ground-truth frame of each sequence are not
+scored; objects are the ids 1..K of the first ground-truth frame, and predicted id k is scored against
+ground-truth id k.
+
+GT_ROOT is a DAVIS tree (JPEGImages/, Annotations/[480p/]<seq>/), one sequence folder (Annotations/*.png),
+or a folder of <seq>/ folders of PNGs. DAVIS-2016 masks (0/255) are read as object 1; GT value 255 in a
+multi-object mask is void and counts as background.
+PRED_ROOT holds <seq>/<frame>.png for every scored ground-truth frame: indexed (palette) or grayscale
+PNGs of object ids, at the ground-truth size."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="score predicted masks with the official DAVIS J, F and J&F",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("gt_root", metavar="GT_ROOT", type=Path, help="ground-truth dataset folder")
+    parser.add_argument("pred_root", metavar="PRED_ROOT", type=Path, help="folder of <seq>/<frame>.png predictions")
+    parser.add_argument(
+        "--json", dest="json_path", metavar="FILE", type=Path, help="also write the scores (official names) as JSON"
+    )
+    parser.add_argument(
+        "--sequences", metavar="A,B", help="evaluate only these sequences (comma-separated folder names)"
+    )
+    parser.set_defaults(handler=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from kmnrt.data.davis import find_sequences
+    from kmnrt.evaluation.davis import PredictionFolder, evaluate
+
+    sequences = find_sequences(args.gt_root, parse_sequence_names(args.sequences))
+    result = evaluate(sequences, PredictionFolder(args.pred_root))
+    return report(result, args.json_path)
+
+
+def parse_sequence_names(text: str | None) -> list[str] | None:
+    """``"a, b"`` → ``["a", "b"]``; ``None`` (no option) → ``None``, meaning all sequences."""
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise UserInputError("--sequences is empty; give comma-separated sequence names, e.g. --sequences a,b")
+    return names
+
+
+def report(result: EvaluationResult, json_path: Path | None = None, stream: TextIO | None = None) -> int:
+    """Print the table of ``result`` (stdout by default) and write the JSON if asked; returns exit status 0."""
+    print(result.format_table(), file=stream or sys.stdout)
+    if json_path is not None:
+        result.write_json(json_path)
+        print(f"wrote {json_path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kmnrt.data import DAVIS_PALETTE, colorize_labels, read_label_png, write_label_png
+from kmnrt.errors import UserInputError
+
+
+def test_palette_is_the_pascal_voc_colour_map() -> None:
+    assert DAVIS_PALETTE.shape == (256, 3) and DAVIS_PALETTE.dtype == np.uint8
+    assert DAVIS_PALETTE[:5].tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128]]
+    assert DAVIS_PALETTE[8].tolist() == [64, 0, 0]
+    assert DAVIS_PALETTE[9].tolist() == [192, 0, 0]
+    assert DAVIS_PALETTE[255].tolist() == [224, 224, 192]
+    assert len({tuple(colour) for colour in DAVIS_PALETTE.tolist()}) == 256
+    assert not DAVIS_PALETTE.flags.writeable
+
+
+def test_palette_matches_a_real_davis_2017_annotation(shared_vos) -> None:
+    path = shared_vos / "davis2016_bmx-trees" / "Annotations_davis2017_first_frame" / "00000.png"
+    with Image.open(path) as image:
+        assert image.mode == "P"
+        file_palette = np.array(image.getpalette()[: 3 * 3]).reshape(3, 3)
+    assert (file_palette == DAVIS_PALETTE[:3]).all()
+    labels = read_label_png(path)
+    assert np.bincount(labels.ravel()).tolist() == [480 * 854 - 6466 - 7971, 6466, 7971]
+
+
+def test_round_trip_keeps_raw_indices_in_a_palette_png(tmp_path) -> None:
+    labels = np.arange(12 * 20, dtype=np.uint16).reshape(12, 20) % 7
+    labels[0, 0] = 255
+    path = tmp_path / "nested" / "deeper" / "00000.png"
+    write_label_png(path, labels)
+    with Image.open(path) as image:
+        assert image.mode == "P"
+        assert (np.asarray(image) == labels).all()
+        rgb = np.asarray(image.convert("RGB"))
+    assert rgb[labels == 1][0].tolist() == [128, 0, 0]
+    assert rgb[labels == 2][0].tolist() == [0, 128, 0]
+    back = read_label_png(path)
+    assert back.dtype == np.uint8 and (back == labels).all()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["00000.png"]  # no temporary file left
+
+
+def test_write_overwrites_atomically_and_rejects_bad_labels(tmp_path) -> None:
+    path = tmp_path / "mask.png"
+    write_label_png(path, np.ones((4, 4), np.uint8))
+    write_label_png(path, np.full((4, 4), 3, np.uint8))
+    assert (read_label_png(path) == 3).all()
+    with pytest.raises(ValueError):
+        write_label_png(path, np.full((4, 4), 300, np.int32))
+    with pytest.raises(ValueError):
+        write_label_png(path, np.zeros((4, 4, 3), np.uint8))
+    assert (read_label_png(path) == 3).all()
+    assert [p.name for p in tmp_path.iterdir()] == ["mask.png"]
+
+
+def test_davis_2016_masks_read_as_object_1(shared_vos, tmp_path) -> None:
+    labels = read_label_png(shared_vos / "davis2016_blackswan" / "Annotations" / "00000.png")
+    assert labels.shape == (480, 854)
+    assert set(np.unique(labels).tolist()) == {0, 1}
+    binary = np.zeros((6, 6), np.uint8)
+    binary[2:4, 2:4] = 255
+    Image.fromarray(binary, mode="L").save(tmp_path / "binary.png")
+    assert (read_label_png(tmp_path / "binary.png") == (binary == 255)).all()
+
+
+def test_grayscale_with_other_ids_treats_255_as_void(tmp_path) -> None:
+    values = np.array([[0, 1, 2], [255, 2, 1]], np.uint8)
+    Image.fromarray(values, mode="L").save(tmp_path / "multi.png")
+    assert read_label_png(tmp_path / "multi.png").tolist() == [[0, 1, 2], [0, 2, 1]]
+
+
+def test_rgb_masks_map_back_through_the_palette(tmp_path) -> None:
+    labels = np.array([[0, 1], [2, 3]], np.uint8)
+    Image.fromarray(colorize_labels(labels)).save(tmp_path / "rgb.png")
+    assert read_label_png(tmp_path / "rgb.png").tolist() == labels.tolist()
+    rgba = np.dstack([colorize_labels(labels), np.full((2, 2), 255, np.uint8)])
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    assert read_label_png(tmp_path / "rgba.png").tolist() == labels.tolist()
+
+    foreign = colorize_labels(labels)
+    foreign[1, 1] = (12, 200, 7)
+    Image.fromarray(foreign).save(tmp_path / "foreign.png")
+    with pytest.raises(UserInputError, match=r"foreign\.png.*\(12, 200, 7\).*not in the DAVIS palette"):
+        read_label_png(tmp_path / "foreign.png")
+
+
+def test_missing_or_damaged_mask_names_the_file(tmp_path) -> None:
+    with pytest.raises(UserInputError, match=r"absent\.png does not exist"):
+        read_label_png(tmp_path / "absent.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png at all")
+    with pytest.raises(UserInputError, match=r"cannot read mask .*broken\.png"):
+        read_label_png(tmp_path / "broken.png")
