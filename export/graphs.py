@@ -21,7 +21,7 @@ from kmnrt.model.config import ModelConfig, ReadConfig
 from kmnrt.model.kmn import KMN, QueryFeatures
 from kmnrt.model.memory_read import MemoryRead
 
-DYNAMIC_DIMS = ("N", "K", "T")
+DYNAMIC_DIMS = ("B", "N", "K", "T")
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,8 @@ class TensorSpec:
     doc: str
 
     def concrete(self, sizes: dict[str, int]) -> tuple[int, ...]:
-        """The shape with the dynamic dims filled in (``K`` defaults to N + 1)."""
-        sizes = {"K": sizes.get("N", 0) + 1, **sizes}
+        """The shape with the dynamic dims filled in (``K`` defaults to N + 1, the batch ``B`` to 1)."""
+        sizes = {"K": sizes.get("N", 0) + 1, "B": 1, **sizes}
         return tuple(sizes[d] if isinstance(d, str) else d for d in self.shape)
 
     def to_dict(self) -> dict:
@@ -113,12 +113,17 @@ def graph_specs(config: ModelConfig, height: int, width: int) -> tuple[GraphSpec
     query_value = TensorSpec("query_value", "float32", (1, cv, h, w), "the frame's value embedding")
     r3 = TensorSpec("r3", "float32", (1, c3, 2 * h, 2 * w), "decoder skip feature at stride 8")
     r2 = TensorSpec("r2", "float32", (1, c2, 4 * h, 4 * w), "decoder skip feature at stride 4")
+    # The query encoder takes a batch B of frames (one per session: the service batches sessions through it);
+    # every other graph works on one frame, so they take a row of its outputs, [1, ...], as they are.
+    batched = {s.name: TensorSpec(s.name, s.dtype, ("B", *s.shape[1:]), s.doc.replace("the frame", "each frame"))
+               for s in (frame, query_key, query_value, r3, r2)}
     probs = TensorSpec("probs", "float32", ("K", height, width),
                        "soft probabilities, K = N + 1 channels, background first, summing to 1 per pixel")
     read = TensorSpec("read", "float32", ("N", cv, h, w), "memory read per object")
     return (
-        GraphSpec("query_encoder", (frame,), (query_key, query_value, r3, r2), atol=1e-5, keep_fp32=False,
-                  make_module=QueryEncoderGraph, doc="frame -> query key, query value and decoder skips"),
+        GraphSpec("query_encoder", (batched["frame"],),
+                  tuple(batched[n] for n in ("query_key", "query_value", "r3", "r2")), atol=1e-5, keep_fp32=False,
+                  make_module=QueryEncoderGraph, doc="B frames -> query key, query value and decoder skips per frame"),
         GraphSpec("memory_read",
                   (TensorSpec("memory_key", "float32", ("T", "N", ck, h, w),
                               "keys of the first T frames of the bank (frames outermost: a prefix of a "

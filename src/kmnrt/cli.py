@@ -23,6 +23,7 @@ SUBCOMMANDS = (
     "kmnrt.runtime.cli",      # run
     "kmnrt.training.cli",     # train
     "kmnrt.benchmarks.cli",   # bench
+    "kmnrt.service.cli",      # serve, client-run
 )
 
 
