@@ -1,0 +1,310 @@
+"""Build a bundle: the four graphs, the weights they came from, the verification report and the manifest.
+
+Everything is written into a hidden temporary folder next to ``out`` and renamed into place at the end, so an
+interrupted or failed export (including a full disk) never leaves a folder that looks like a bundle.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from kmnrt.errors import UserInputError, VerificationError
+from kmnrt.model.config import ReadConfig, get_config
+
+PRECISIONS = ("fp32", "fp16")
+ENGINES = ("onnx", "tensorrt")
+WEIGHTS = "weights.safetensors"
+REPORT = "report.json"
+RANDOM_SEED = 0
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    config: str
+    out: Path
+    checkpoint: Path | None = None    # None: the config's embedded checkpoint if any, else seeded random weights
+    height: int = 480
+    width: int = 864
+    max_objects: int = 4
+    max_memory: int = 20               # bank slots including the previous-frame slot
+    read: str = "kmn"
+    sigma: float = 7.0
+    mem_every: int = 5
+    precision: str = "fp32"            # fp16: encoders and decoder in fp16, the read in fp32
+    engine: str = "onnx"               # tensorrt: also build one plan per graph
+    force: bool = False
+    verify: bool = True
+    max_batch: int = 4                 # query-encoder batch (sessions served together) in TensorRT profiles
+    verify_frames: Path | None = None  # a folder or video to take verification frames from (else generated)
+
+    @property
+    def read_config(self) -> ReadConfig:
+        return ReadConfig(self.read, float(self.sigma))  # type: ignore[arg-type]
+
+
+@dataclass
+class BuildLog:
+    """What each step produced; becomes ``report.json`` and the CLI's summary table."""
+
+    graphs: dict[str, dict] = field(default_factory=dict)
+    verification: dict | None = None
+    fp16_parity: dict | None = None
+    op_audit: dict | None = None
+    tensorrt: dict | None = None
+    seconds: float = 0.0
+
+
+def _nearest_multiple(value: int, multiple: int = 16) -> int:
+    return max(multiple, int(round(value / multiple)) * multiple)
+
+
+def validate_options(options: ExportOptions) -> None:
+    """Every user error that can be found before any work is done."""
+    get_config(options.config)
+    options.read_config  # noqa: B018 - validates read kind and sigma
+    for label, value in (("height", options.height), ("width", options.width)):
+        if value < 16 or value % 16:
+            raise UserInputError(f"--{label} {value} is not a multiple of 16; the nearest valid {label} is "
+                                 f"{_nearest_multiple(value)}")
+    if options.max_memory < 2:
+        raise UserInputError(f"--max-memory {options.max_memory}: the bank needs at least 2 slots (the first "
+                             f"frame and the previous frame)")
+    if options.max_objects < 1:
+        raise UserInputError(f"--max-objects {options.max_objects}: at least one object is needed")
+    if options.max_batch < 1:
+        raise UserInputError(f"max_batch {options.max_batch}: at least one frame per batch is needed")
+    if options.mem_every < 1:
+        raise UserInputError(f"--mem-every {options.mem_every} must be at least 1")
+    if options.precision not in PRECISIONS:
+        raise UserInputError(f"unknown precision {options.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if options.engine not in ENGINES:
+        raise UserInputError(f"unknown engine {options.engine!r}: choose one of {', '.join(ENGINES)}")
+    if options.engine == "tensorrt":
+        from kmnrt.export.tensorrt import target_description
+
+        target_description()  # fails fast, before any export work, where TensorRT or a GPU is missing
+    if options.checkpoint is not None and not Path(options.checkpoint).is_file():
+        raise UserInputError(f"checkpoint {options.checkpoint} does not exist")
+    out = Path(options.out)
+    if out.exists():
+        if not options.force:
+            raise UserInputError(f"output folder {out} already exists; pass --force to replace it")
+        if not out.is_dir() or not ((out / "manifest.json").is_file() or not any(out.iterdir())):
+            raise UserInputError(f"{out} exists and is not a kmnrt bundle; --force only replaces bundles "
+                                 f"(choose another --out)")
+
+
+def load_export_model(options: ExportOptions):
+    """-> (model in eval mode, checkpoint record for the manifest)."""
+    from kmnrt.model.checkpoint import load_model
+    from kmnrt.model.embedded import default_checkpoint
+    from kmnrt.export.manifest import sha256_of
+
+    config = get_config(options.config)
+    checkpoint = options.checkpoint or default_checkpoint(config.name)
+    model = load_model(config, checkpoint, options.read_config)
+    if checkpoint is None:
+        return model, {"path": None, "sha256": None, "source": f"seeded random weights (seed {RANDOM_SEED})"}
+    source = "embedded" if options.checkpoint is None else "file"
+    return model, {"path": str(checkpoint), "sha256": sha256_of(checkpoint), "source": source}
+
+
+def library_versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for package in ("kmn-rt", "torch", "onnx", "onnxscript", "onnxruntime", "polygraphy", "numpy",
+                    "onnxconverter-common", "tensorrt"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def export_bundle(options: ExportOptions, model=None, progress: bool = True) -> Path:
+    """Build the bundle described by ``options`` (with ``model`` instead of loading one, if given) -> its path."""
+    validate_options(options)
+    out = Path(options.out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir()
+        _build(options, model, staging, progress)
+        _move_into_place(staging, out)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise UserInputError(f"no space left on the device holding {out.parent} while writing the bundle; "
+                                 f"free some space or choose another --out (nothing was left behind)") from None
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    retired = out.parent / f".{out.name}.replaced-{os.getpid()}"
+    os.replace(out, retired)
+    try:
+        os.replace(staging, out)
+    except OSError:
+        os.replace(retired, out)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _steps(options: ExportOptions) -> list[str]:
+    from kmnrt.export.graphs import GRAPH_NAMES
+
+    steps = ["weights", *(f"export {g}" for g in GRAPH_NAMES)]
+    if options.verify:
+        steps.append("verify")
+    if options.precision == "fp16":
+        steps.append("fp16")
+    steps.append("op audit")
+    if options.engine == "tensorrt":
+        steps += [f"tensorrt {g}" for g in GRAPH_NAMES]
+    return steps + ["manifest"]
+
+
+def _build(options: ExportOptions, model, folder: Path, progress: bool) -> BuildLog:
+    from tqdm import tqdm
+
+    from kmnrt.export.exporter import export_graph
+    from kmnrt.export.graphs import graph_specs
+    from kmnrt.model.checkpoint import save_checkpoint
+
+    started = time.perf_counter()
+    log = BuildLog()
+    bar = tqdm(total=len(_steps(options)), desc="export", unit="step", file=sys.stderr,
+               disable=not progress or None)
+    with bar:
+        def step(name: str) -> None:
+            bar.set_postfix_str(name)
+
+        step("weights")
+        if model is None:
+            model, checkpoint = load_export_model(options)
+        else:
+            if model.config.name != options.config:
+                raise UserInputError(f"the model is a '{model.config.name}' KMN but the options say "
+                                     f"'{options.config}'")
+            checkpoint = {"path": None, "sha256": None, "source": "in-memory model"}
+        model = model.eval()
+        save_checkpoint(model, folder / WEIGHTS)
+        bar.update()
+        specs = graph_specs(model.config, options.height, options.width)
+        # fp16 bundles keep the fp32 export aside: it is what verification compares with PyTorch.
+        fp32_folder = folder / ".fp32" if options.precision == "fp16" else folder
+        fp32_folder.mkdir(exist_ok=True)
+        for spec in specs:
+            step(f"export {spec.name}")
+            module = spec.make_module(model, options.read_config)
+            exported = export_graph(spec, module, fp32_folder / f"{spec.name}.onnx")
+            log.graphs[spec.name] = {"onnx": f"{spec.name}.onnx", "nodes": exported.nodes,
+                                     "export_seconds": round(exported.seconds, 3)}
+            bar.update()
+        if options.verify:
+            from kmnrt.export.verify import verify_graphs
+
+            step("verify")
+            log.verification = verify_graphs(model, options, fp32_folder)
+            bar.update()
+            if not log.verification["passed"]:
+                failed = [g for g, r in log.verification["graphs"].items() if not r["passed"]]
+                raise VerificationError(f"ONNX Runtime disagrees with PyTorch on {', '.join(failed)} beyond the "
+                                        f"tolerance: {_failure_summary(log.verification, failed)}. The bundle was "
+                                        f"not written; rerun with --no-verify to keep it anyway")
+        if options.precision == "fp16":
+            from kmnrt.export.fp16 import convert_bundle_graphs, fp16_parity
+
+            step("fp16")
+            for name, nodes in convert_bundle_graphs(specs, fp32_folder, folder).items():
+                log.graphs[name]["fp32_nodes"] = log.graphs[name]["nodes"]
+                log.graphs[name]["nodes"] = nodes
+            log.fp16_parity = fp16_parity(model, options, folder)
+            shutil.rmtree(fp32_folder)
+            bar.update()
+        step("op audit")
+        from kmnrt.export.audit import audit_bundle_graphs
+
+        log.op_audit = audit_bundle_graphs(folder, [s.name for s in specs])
+        bar.update()
+        if options.engine == "tensorrt":
+            from kmnrt.export.tensorrt import build_plans
+
+            log.tensorrt = build_plans(folder, specs, options, on_graph_done=lambda name: (step(name), bar.update()))
+        step("manifest")
+        for spec in specs:
+            log.graphs[spec.name]["bytes"] = (folder / f"{spec.name}.onnx").stat().st_size
+        log.seconds = round(time.perf_counter() - started, 3)
+        _write_report(folder, options, log)
+        _write_manifest(folder, options, model, specs, checkpoint, log)
+        bar.update()
+    return log
+
+
+def _failure_summary(verification: dict, failed: list[str]) -> str:
+    parts = []
+    for name in failed:
+        worst = max(verification["graphs"][name]["cases"], key=lambda c: c["max_abs_error"])
+        at = ", ".join(f"{k}={v}" for k, v in worst["sizes"].items())
+        parts.append(f"{name} max |error| {worst['max_abs_error']:.2e} at {at} "
+                     f"(tolerance {verification['graphs'][name]['atol']:.0e}"
+                     + (f", {worst['argmax_mismatches']} argmax mismatches" if worst.get("argmax_mismatches") else "")
+                     + ")")
+    return "; ".join(parts)
+
+
+def _write_report(folder: Path, options: ExportOptions, log: BuildLog) -> None:
+    report = {"options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
+              **asdict(log)}
+    tmp = folder / f".{REPORT}.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, folder / REPORT)
+
+
+def _write_manifest(folder: Path, options: ExportOptions, model, specs, checkpoint: dict, log: BuildLog) -> None:
+    from kmnrt.export.manifest import FORMAT, GraphRecord, Manifest, record_files, write_manifest
+
+    graphs = {}
+    for spec in specs:
+        precision = "fp32" if options.precision == "fp32" or spec.keep_fp32 else "fp16"
+        plan = f"{spec.name}.plan" if (folder / f"{spec.name}.plan").is_file() else None
+        graphs[spec.name] = GraphRecord(onnx=f"{spec.name}.onnx", plan=plan,
+                                        inputs=[s.to_dict() for s in spec.inputs],
+                                        outputs=[s.to_dict() for s in spec.outputs],
+                                        dynamic=list(spec.dynamic_dims), precision=precision)
+    names = [p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    manifest = Manifest(
+        format=FORMAT,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        model=model.config.to_dict(),
+        read={"kind": options.read, "sigma": float(options.sigma)},
+        checkpoint=checkpoint,
+        input_size=[options.height, options.width],
+        max_objects=options.max_objects,
+        max_memory=options.max_memory,
+        mem_every=options.mem_every,
+        precision=options.precision,
+        engine=options.engine,
+        graphs=graphs,
+        files=record_files(folder, names),
+        versions=library_versions(),
+        tensorrt=(log.tensorrt or {}).get("target"),
+        extra={"verified": bool(log.verification and log.verification["passed"]), "max_batch": options.max_batch,
+               "io_dtype": "float32", "opset": 18, "exporter": "torch.onnx.export(dynamo=True)"},
+    )
+    write_manifest(folder, manifest)

@@ -1,0 +1,127 @@
+"""A tiny bundle end to end: files, manifest, hashes, shapes at several N and T, and the export's refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kmnrt.errors import BundleError, UserInputError, VerificationError
+from kmnrt.export.bundle import ExportOptions, export_bundle
+from kmnrt.export.exporter import export_graph, onnx_dims
+from kmnrt.export.graphs import GRAPH_NAMES, graph_specs
+from kmnrt.export.manifest import load_manifest
+from kmnrt.model.config import ReadConfig, get_config
+from kmnrt.model.kmn import build_model
+
+
+def test_tiny_bundle_holds_the_files_the_manifest_lists(tiny_bundle: Path):
+    manifest = load_manifest(tiny_bundle)
+    on_disk = {p.name for p in tiny_bundle.iterdir()}
+    assert on_disk == {"manifest.json", *manifest.files}
+    assert set(manifest.files) == {f"{g}.onnx" for g in GRAPH_NAMES} | {"weights.safetensors", "report.json"}
+    assert manifest.input_size == [64, 112] and manifest.max_objects == 4 and manifest.max_memory == 8
+    assert manifest.model_config == get_config("tiny")
+    assert manifest.read_config == ReadConfig("kmn", 7.0)
+    assert manifest.checkpoint == {"path": None, "sha256": None, "source": "in-memory model"}
+    assert manifest.graphs["memory_read"].dynamic == ["N", "T"]
+    assert manifest.graphs["query_encoder"].dynamic == ["B"]
+    # no temporary folders are left next to the bundle
+    assert [p.name for p in tiny_bundle.parent.iterdir()] == [tiny_bundle.name]
+
+
+def test_onnx_dims_are_the_table_symbols(tiny_bundle: Path):
+    dims = onnx_dims(tiny_bundle / "memory_read.onnx")
+    assert dims["memory_key"] == ["T", "N", 8, 4, 7]
+    assert dims["memory_valid"] == ["T", "N"]
+    assert dims["read"] == ["N", 16, 4, 7]
+    assert onnx_dims(tiny_bundle / "memory_encoder.onnx")["memory_key"] == ["N", 8, 4, 7]
+    assert onnx_dims(tiny_bundle / "decoder.onnx")["probs"] == ["K", 64, 112]
+
+
+@pytest.mark.parametrize("n,t", [(1, 1), (3, 5), (3, 8)])
+def test_every_graph_runs_in_onnxruntime(tiny_bundle: Path, n: int, t: int, ort_session, random_feeds):
+    manifest = load_manifest(tiny_bundle, verify=False)
+    sizes = {"N": n, "T": t, "B": n}
+    for name, record in manifest.graphs.items():
+        outputs = ort_session(tiny_bundle / record.onnx).run(None, random_feeds(record, sizes))
+        for spec, value in zip(record.outputs, outputs):
+            expected = [sizes.get(d, n + 1) if isinstance(d, str) else d for d in spec["shape"]]
+            assert list(value.shape) == expected, (name, spec["name"])
+            assert np.isfinite(value).all()
+
+
+def test_weights_file_reproduces_the_graphs(tiny_bundle: Path):
+    from kmnrt.model.checkpoint import load_model
+
+    model = load_model(get_config("tiny"), tiny_bundle / "weights.safetensors")
+    reference = build_model(get_config("tiny"), seed=0)
+    for (key, value), (_, expected) in zip(model.state_dict().items(), reference.state_dict().items()):
+        assert torch.equal(value, expected), key
+
+
+def test_a_corrupted_byte_is_caught_naming_the_file(tiny_bundle: Path, tmp_path: Path):
+    copy = Path(shutil.copytree(tiny_bundle, tmp_path / "copy"))
+    target = copy / "decoder.onnx"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="decoder.onnx does not match its sha256"):
+        load_manifest(copy)
+    load_manifest(copy, verify=False)  # the manifest itself is intact
+
+
+def test_an_export_that_freezes_n_is_caught(tmp_path: Path):
+    """The silent specialisation: an example with N = 1 and no dynamic shapes exports fine and runs only at N=1."""
+    model = build_model(get_config("tiny"), seed=0)
+    spec = next(s for s in graph_specs(model.config, 64, 112) if s.name == "decoder")
+    example = tuple(torch.rand(s.concrete({"N": 1})) for s in spec.inputs)
+    with pytest.raises(VerificationError, match=r"decoder.*read axis 0 \(N\) was frozen to 1"):
+        export_graph(spec, spec.make_module(model, ReadConfig()), tmp_path / "decoder.onnx", inputs=example,
+                     shapes=tuple({} for _ in spec.inputs))
+    assert not (tmp_path / "decoder.onnx").exists()
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"height": 70}, "--height 70 is not a multiple of 16; the nearest valid height is 64"),
+    ({"width": 856}, "--width 856 is not a multiple of 16; the nearest valid width is 848|864"),
+    ({"max_memory": 1}, "--max-memory 1: the bank needs at least 2 slots"),
+    ({"config": "huge"}, "unknown model config 'huge'"),
+    ({"precision": "int8"}, "unknown precision 'int8'"),
+    ({"read": "fast"}, "unknown memory read 'fast'"),
+    ({"checkpoint": Path("/nonexistent/w.pth")}, "checkpoint /nonexistent/w.pth does not exist"),
+])
+def test_bad_options_are_refused_before_any_work(tmp_path: Path, change: dict, message: str):
+    options = ExportOptions(**{"config": "tiny", "out": tmp_path / "b", "height": 64, "width": 112, **change})
+    with pytest.raises(UserInputError, match=message):
+        export_bundle(options, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_is_refused_unless_forced_and_only_bundles_are_replaced(tiny_bundle: Path, tmp_path: Path):
+    occupied = tmp_path / "notes"
+    occupied.mkdir()
+    (occupied / "todo.txt").write_text("mine")
+    options = ExportOptions("tiny", occupied, height=64, width=112, max_memory=2, verify=False)
+    with pytest.raises(UserInputError, match="already exists; pass --force"):
+        export_bundle(options, progress=False)
+    with pytest.raises(UserInputError, match="is not a kmnrt bundle; --force only replaces bundles"):
+        export_bundle(ExportOptions("tiny", occupied, height=64, width=112, force=True), progress=False)
+    assert (occupied / "todo.txt").read_text() == "mine"
+
+
+def test_force_replaces_a_bundle(tmp_path: Path):
+    model = build_model(get_config("tiny"), seed=0)
+    out = tmp_path / "b"
+    options = ExportOptions("tiny", out, height=32, width=32, max_objects=2, max_memory=2, verify=False)
+    export_bundle(options, model=model, progress=False)
+    first = json.loads((out / "manifest.json").read_text())["created"]
+    export_bundle(ExportOptions("tiny", out, height=32, width=48, max_objects=2, max_memory=2, verify=False,
+                                force=True), model=model, progress=False)
+    manifest = load_manifest(out)
+    assert manifest.input_size == [32, 48] and first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
