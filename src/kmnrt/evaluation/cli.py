@@ -27,7 +27,11 @@ GT_ROOT is a DAVIS tree (JPEGImages/, Annotations/[480p/]<seq>/), one sequence f
 or a folder of <seq>/ folders of PNGs. DAVIS-2016 masks (0/255) are read as object 1; GT value 255 in a
 multi-object mask is void and counts as background.
 PRED_ROOT holds <seq>/<frame>.png for every scored ground-truth frame: indexed (palette) or grayscale
-PNGs of object ids, at the ground-truth size."""
+PNGs of object ids, at the ground-truth size.
+
+Run and score in one go: `kmnrt eval --bundle engines/NAME --dataset ROOT` tracks every sequence of ROOT
+(it needs the frames, JPEGImages/) from its first annotation with the bundle, then scores the masks; no
+PRED_ROOT is needed (--save-masks DIR also writes them as PNGs)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,8 +41,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("gt_root", metavar="GT_ROOT", type=Path, help="ground-truth dataset folder")
-    parser.add_argument("pred_root", metavar="PRED_ROOT", type=Path, help="folder of <seq>/<frame>.png predictions")
+    parser.add_argument("gt_root", metavar="GT_ROOT", type=Path, nargs="?",
+                        help="ground-truth dataset folder (or give it as --dataset)")
+    parser.add_argument("pred_root", metavar="PRED_ROOT", type=Path, nargs="?",
+                        help="folder of <seq>/<frame>.png predictions (not with --bundle)")
+    parser.add_argument("--dataset", metavar="ROOT", type=Path, help="the ground-truth dataset folder (= GT_ROOT)")
+    parser.add_argument("--bundle", metavar="DIR", type=Path,
+                        help="track the dataset with this engine bundle and score the result (no PRED_ROOT)")
+    parser.add_argument("--backend", default="auto",
+                        help="with --bundle: auto, torch, onnxruntime, onnxruntime-cuda or tensorrt (default: auto)")
+    parser.add_argument("--mem-every", type=int, default=None,
+                        help="with --bundle: memorise every N-th frame (default: the bundle's)")
+    parser.add_argument("--save-masks", metavar="DIR", type=Path,
+                        help="with --bundle: also write the masks as <seq>/<frame>.png palette PNGs")
     parser.add_argument(
         "--json", dest="json_path", metavar="FILE", type=Path, help="also write the scores (official names) as JSON"
     )
@@ -52,8 +67,33 @@ def run_eval(args: argparse.Namespace) -> int:
     from kmnrt.data.davis import find_sequences
     from kmnrt.evaluation.davis import PredictionFolder, evaluate
 
-    sequences = find_sequences(args.gt_root, parse_sequence_names(args.sequences))
-    result = evaluate(sequences, PredictionFolder(args.pred_root))
+    if args.dataset is not None and args.gt_root is not None:
+        if args.pred_root is not None:
+            raise UserInputError("give the ground truth once: as GT_ROOT or as --dataset, not both")
+        args.pred_root, args.gt_root = args.gt_root, None  # `eval --dataset ROOT PRED_ROOT`
+    gt_root = args.dataset if args.dataset is not None else args.gt_root
+    if gt_root is None:
+        raise UserInputError("no ground truth given: `kmnrt eval GT_ROOT PRED_ROOT` scores saved masks, "
+                             "`kmnrt eval --bundle DIR --dataset ROOT` runs a bundle and scores it")
+    if args.bundle is None and (args.save_masks or args.mem_every is not None or args.backend != "auto"):
+        raise UserInputError("--backend, --mem-every and --save-masks go with --bundle")
+    sequences = find_sequences(gt_root, parse_sequence_names(args.sequences))
+    if args.bundle is not None:
+        if args.pred_root is not None:
+            raise UserInputError(f"--bundle runs the tracker and scores its masks; PRED_ROOT ({args.pred_root}) "
+                                 "is not used with it: drop one of the two")
+        from kmnrt.runtime.dataset import run_dataset
+        from kmnrt.runtime.tracker import Tracker
+
+        tracker = Tracker.from_bundle(args.bundle, backend=args.backend, mem_every=args.mem_every)
+        print(tracker.runner.selection, file=sys.stderr)
+        predictions = run_dataset(tracker, sequences, out=args.save_masks)
+    elif args.pred_root is None:
+        raise UserInputError("no predictions given: add PRED_ROOT (a folder of <seq>/<frame>.png masks), or "
+                             "--bundle DIR to run a bundle on the dataset and score it")
+    else:
+        predictions = PredictionFolder(args.pred_root)
+    result = evaluate(sequences, predictions)
     return report(result, args.json_path)
 
 

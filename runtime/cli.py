@@ -1,0 +1,131 @@
+"""``kmnrt run``: segment a video with an engine bundle; palette PNGs, an optional overlay video, stage timings.
+
+Only argparse is imported at module level; the runtime is imported by the handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from kmnrt.errors import UserInputError
+
+OVERLAY_ALPHA = 0.5
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="segment a video with an exported engine bundle (ONNX Runtime / TensorRT / PyTorch)",
+        description="Track the objects of a first-frame mask through a video with a bundle from `kmnrt export`. "
+        "Writes one indexed DAVIS-palette PNG per frame (named like the frames, at their size, with the mask's "
+        "label ids), optionally an overlay video, and prints the median time of each stage and the frame rate. "
+        "Frames of another size than the bundle's are resized to fit it (aspect ratio kept), padded, and the "
+        "masks resized back.",
+    )
+    parser.add_argument("--bundle", type=Path, required=True, help="the bundle folder (engines/NAME)")
+    parser.add_argument("--input", type=Path, required=True, help="a video file or a folder of frames")
+    parser.add_argument("--mask", type=Path, required=True, help="the first frame's index mask (PNG)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder for the PNG masks")
+    parser.add_argument("--backend", default="auto",
+                        help="auto (TensorRT, then ONNX Runtime CUDA, then CPU), torch, onnxruntime, "
+                        "onnxruntime-cuda or tensorrt (default: auto)")
+    parser.add_argument("--device", default=None, help="torch device for GPU backends, e.g. cuda:1")
+    parser.add_argument("--mem-every", type=int, default=None,
+                        help="memorise every N-th frame (default: the bundle's)")
+    parser.add_argument("--overlay", type=Path, help="also write the frames with the masks blended in (.mp4)")
+    parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    parser.set_defaults(handler=run_video)
+
+
+def run_video(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from kmnrt.data import open_frames, read_label_png, write_label_png
+    from kmnrt.runtime.timing import StageTimes
+    from kmnrt.runtime.tracker import Tracker
+
+    if args.overlay is not None and args.overlay.suffix.lower() != ".mp4":
+        raise UserInputError(f"--overlay {args.overlay}: write the overlay as an .mp4 file")
+    source = open_frames(args.input, max_frames=args.max_frames)
+    mask = read_label_png(args.mask)
+    tracker = Tracker.from_bundle(args.bundle, backend=args.backend, device=args.device, mem_every=args.mem_every)
+    print(f"{tracker.runner.selection}: {tracker.runner.describe()}", file=sys.stderr)
+    args.out.mkdir(parents=True, exist_ok=True)
+    overlay = OverlayWriter(args.overlay, source) if args.overlay else None
+    times = StageTimes()
+    state = tracker.new_state()
+    written = 0
+    started = time.perf_counter()
+    frames = iter(source)
+    try:
+        with tqdm(total=len(source), desc="tracking", unit="frame", file=sys.stderr, disable=None) as bar:
+            for index in range(len(source)):
+                try:
+                    name, frame = next(frames)
+                except UserInputError as exc:
+                    raise UserInputError(f"frame {index} of {args.input}: {exc}; the {written} masks before it "
+                                         f"are in {args.out}") from None
+                if index == 0:
+                    result = tracker.add_objects(state, frame, mask, keep_probs=False)
+                else:
+                    result = tracker.step(state, frame, keep_probs=False)
+                    times.add(result.times)
+                write_label_png(args.out / f"{name}.png", result.mask)
+                written += 1
+                if overlay:
+                    overlay.add(frame, result.mask)
+                bar.update(1)
+    finally:
+        if overlay:
+            overlay.close()
+    elapsed = time.perf_counter() - started
+    print(times.format_table())
+    print(f"tracked {len(state.object_ids)} object(s) {state.object_ids} over {written} frames in {elapsed:.1f} s "
+          f"({written / elapsed:.2f} fps end to end, with reading and writing) -> {args.out}"
+          + (f", overlay {args.overlay}" if overlay else ""))
+    return 0
+
+
+class OverlayWriter:
+    """An .mp4 of the frames with the masks blended in DAVIS colours, written under a temporary name and moved
+    into place when closed (also after an error, with the frames up to it)."""
+
+    def __init__(self, path: Path, source) -> None:
+        import cv2
+
+        self.path = path
+        self.tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fps = 24.0
+        if Path(source.path).is_file():  # a video: keep its frame rate
+            capture = cv2.VideoCapture(str(source.path))
+            fps = capture.get(cv2.CAP_PROP_FPS) or fps
+            capture.release()
+        height, width = source.size
+        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        if not self.writer.isOpened():
+            raise UserInputError(f"OpenCV cannot write the overlay video {path} (no mp4v encoder?)")
+        self.frames = 0
+
+    def add(self, frame, labels) -> None:
+        import cv2
+        import numpy as np
+
+        from kmnrt.data import colorize_labels
+
+        colours = colorize_labels(labels)
+        blended = np.where((labels > 0)[..., None],
+                           (frame * (1 - OVERLAY_ALPHA) + colours * OVERLAY_ALPHA).astype(np.uint8), frame)
+        self.writer.write(cv2.cvtColor(blended, cv2.COLOR_RGB2BGR))
+        self.frames += 1
+
+    def close(self) -> None:
+        self.writer.release()
+        if self.frames:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)

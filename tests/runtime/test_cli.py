@@ -1,0 +1,119 @@
+"""``kmnrt run`` and ``kmnrt eval --bundle`` end to end on real frames, and their error messages."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from kmnrt.cli import main
+from kmnrt.data import read_label_png, write_label_png
+
+FRAMES = 8
+
+
+@pytest.fixture()
+def video_folder(tmp_path, bmx_small):
+    """Frames of bmx-trees as PNGs plus the two-object first mask."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for index, frame in enumerate(bmx_small.frames[:FRAMES]):
+        cv2.imwrite(str(frames / f"{index:05d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    write_label_png(tmp_path / "mask.png", np.where(bmx_small.first_mask == 2, 7, bmx_small.first_mask))
+    return frames, tmp_path / "mask.png"
+
+
+def run(*args: str) -> int:
+    return main(["run", *map(str, args)])
+
+
+def test_run_writes_masks_overlay_and_timings(tiny_bundle, video_folder, tmp_path, capsys):
+    frames, mask = video_folder
+    out, overlay = tmp_path / "out", tmp_path / "overlay.mp4"
+    assert run("--bundle", tiny_bundle, "--input", frames, "--mask", mask, "--out", out, "--overlay", overlay,
+               "--backend", "onnxruntime") == 0
+    pngs = sorted(out.glob("*.png"))
+    assert [p.stem for p in pngs] == [f"{i:05d}" for i in range(FRAMES)]
+    labels = read_label_png(pngs[-1])
+    assert labels.shape == (60, 106) and set(np.unique(labels)) <= {0, 1, 7}
+    capture = cv2.VideoCapture(str(overlay))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == FRAMES
+    capture.release()
+    captured = capsys.readouterr()
+    for stage in ("query encode", "memory read", "decode", "memorize", "total per frame", "fps"):
+        assert stage in captured.out
+    assert "backend onnxruntime" in captured.err
+
+
+def test_run_on_a_video_file_of_another_size(tiny_bundle, bmx_small, tmp_path):
+    """A 120x212 mp4 with a 64x112 bundle: masks come back at the video's size."""
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (212, 120))
+    for frame in bmx_small.frames[:6]:
+        writer.write(cv2.cvtColor(cv2.resize(frame, (212, 120)), cv2.COLOR_RGB2BGR))
+    writer.release()
+    mask = tmp_path / "mask.png"
+    write_label_png(mask, cv2.resize(bmx_small.first_mask, (212, 120), interpolation=cv2.INTER_NEAREST))
+    assert run("--bundle", tiny_bundle, "--input", video, "--mask", mask, "--out", tmp_path / "out",
+               "--max-frames", 4) == 0
+    masks = sorted((tmp_path / "out").glob("*.png"))
+    assert len(masks) == 4 and read_label_png(masks[-1]).shape == (120, 212)
+
+
+def test_a_corrupt_frame_is_named_and_earlier_masks_stay(tiny_bundle, video_folder, tmp_path, capsys):
+    frames, mask = video_folder
+    (frames / "00003.png").write_bytes(b"\x89PNG broken")
+    out = tmp_path / "out"
+    assert run("--bundle", tiny_bundle, "--input", frames, "--mask", mask, "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "error: frame 3 of" in err and "00003.png" in err and "Traceback" not in err
+    assert sorted(p.stem for p in out.glob("*.png")) == ["00000", "00001", "00002"]
+
+
+@pytest.mark.parametrize("problem,message", [
+    ("empty", "has no object"),
+    ("size", "mask size 50x40 differs from the frame size 106x60"),
+    ("objects", "5 objects exceed the maximum of 4 objects"),
+    ("backend", "unknown backend 'fast'"),
+])
+def test_run_errors_are_one_line(tiny_bundle, video_folder, tmp_path, capsys, problem, message):
+    frames, mask = video_folder
+    labels = read_label_png(mask).copy()
+    backend = "auto"
+    if problem == "empty":
+        labels = np.zeros_like(labels)
+    elif problem == "size":
+        labels = np.ones((40, 50), np.uint8)
+    elif problem == "objects":
+        for k, row in enumerate(range(0, 15, 5)):
+            labels[row:row + 3, :3] = 20 + k
+    else:
+        backend = "fast"
+    write_label_png(mask, labels)
+    assert run("--bundle", tiny_bundle, "--input", frames, "--mask", mask, "--out", tmp_path / "out",
+               "--backend", backend) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in err
+
+
+def test_eval_bundle_runs_and_scores(tiny_bundle, bmx_small, tmp_path, capsys):
+    """``kmnrt eval --bundle B --dataset ROOT`` equals running, saving and scoring the saved masks."""
+    root = tmp_path / "davis"
+    for index, (frame, truth) in enumerate(zip(bmx_small.frames[:FRAMES], bmx_small.truth)):
+        frame_path = root / "JPEGImages" / "480p" / "bmx" / f"{index:05d}.jpg"
+        frame_path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(frame_path), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        write_label_png(root / "Annotations" / "480p" / "bmx" / f"{index:05d}.png", truth)
+    saved = tmp_path / "saved"
+    assert main(["eval", "--bundle", str(tiny_bundle), "--dataset", str(root), "--backend", "onnxruntime",
+                 "--save-masks", str(saved), "--json", str(tmp_path / "a.json")]) == 0
+    assert len(list((saved / "bmx").glob("*.png"))) == FRAMES
+    assert main(["eval", str(root), str(saved), "--json", str(tmp_path / "b.json")]) == 0
+    assert main(["eval", "--dataset", str(root), str(saved), "--json", str(tmp_path / "c.json")]) == 0
+    first, second, third = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "abc")
+    assert first == second == third
+    assert "J&F-Mean" in capsys.readouterr().out
+    assert main(["eval", "--bundle", str(tiny_bundle), "--dataset", str(root), str(saved)]) == 2
+    assert "PRED_ROOT" in capsys.readouterr().err
