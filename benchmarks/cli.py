@@ -1,0 +1,144 @@
+"""``kmnrt bench``: latency per stage and end to end, memory, and throughput of a bundle's backends next to the
+reference baseline, measured in one run on real frames; ``kmnrt bench --report JSON`` rebuilds the tables/plot."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from datetime import date
+from pathlib import Path
+
+from kmnrt.errors import UserInputError
+
+DESCRIPTION = """\
+Benchmark a bundle. Every backend and the baseline `reference` (the reference tracker run the way STM's
+evaluation code runs: fp32 eager PyTorch, memory concatenated anew each frame) are measured in the same run, at
+every memory size T (frames read per step) and object count N, on real frames (the shared DAVIS sequence by
+default). Warm-up frames are excluded; the device is synchronised before every clock read. Reported: median,
+p90, p99 per stage (query encode, read, decode, memorize, plus pre/post) and end to end, each backend's speed-up
+over the baseline, peak RSS (CPU) or device memory (GPU), and the memory read's peak as a multiple of the
+affinity size N*T*(h*w)^2*4 bytes. --sessions adds a throughput run (K sessions through step_batch).
+
+Without --json the results go to benchmarks/results/<device>-<date>.json with .md and .png next to it."""
+
+BACKEND_HELP = "reference,torch,onnxruntime[,onnxruntime-cuda,tensorrt]"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("bench", help="benchmark a bundle's backends against the reference baseline",
+                                   description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", type=Path, metavar="DIR", help="the bundle (engines/NAME) to benchmark")
+    parser.add_argument("--backends", default="reference,torch,onnxruntime", metavar="LIST",
+                        help=f"comma-separated: {BACKEND_HELP} (default: %(default)s)")
+    parser.add_argument("--memory", default="1,5,10,20", metavar="T,..",
+                        help="memory sizes T, frames per read (default: %(default)s)")
+    parser.add_argument("--objects", default="1,3", metavar="N,..", help="object counts (default: %(default)s)")
+    parser.add_argument("--frames", type=int, default=50, help="timed frames per configuration (default: 50)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed frames before them (default: 5)")
+    parser.add_argument("--input", type=Path, metavar="VIDEO|FRAMES_DIR|SEQUENCE",
+                        help="frames to run on (default: ../shared/data/vos/davis2016_bmx-trees)")
+    parser.add_argument("--device", help="device of reference and torch: cpu or cuda[:i] (default: cuda when a GPU "
+                                         "backend is benchmarked, else cpu)")
+    parser.add_argument("--sessions", default="", metavar="K,..",
+                        help="throughput mode: K concurrent sessions (e.g. 1,2,4) through step_batch vs sequential")
+    parser.add_argument("--throughput-at", metavar="N,T", help="objects and memory of the throughput runs "
+                                                               "(default: the smallest N and the largest T)")
+    parser.add_argument("--no-read-probe", action="store_true", help="skip the memory read's peak-memory probe")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run everything in this process (faster to start; peak RSS then mixes configurations)")
+    parser.add_argument("--json", type=Path, metavar="OUT.json", help="results JSON")
+    parser.add_argument("--markdown", type=Path, metavar="OUT.md", help="markdown report (default: next to the JSON)")
+    parser.add_argument("--plot", type=Path, metavar="OUT.png", help="plot (default: next to the JSON)")
+    parser.add_argument("--report", type=Path, metavar="JSON",
+                        help="only (re)build the markdown and plot from this results JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=run_bench)
+
+
+def parse_ints(text: str, option: str) -> tuple[int, ...]:
+    """'1,5,10' -> (1, 5, 10); anything else is a user error naming the option."""
+    values = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            values.append(int(item))
+        except ValueError:
+            raise UserInputError(f"{option}: {item!r} is not a whole number; give a comma-separated list such "
+                                 f"as 1,5,10") from None
+    return tuple(values)
+
+
+def parse_backends(text: str) -> tuple[str, ...]:
+    from kmnrt.runtime.backends.base import ALIASES
+
+    return tuple(ALIASES.get(b, b) for b in (part.strip() for part in text.split(",")) if b)
+
+
+def default_paths(args: argparse.Namespace, device_name: str) -> tuple[Path, Path, Path]:
+    json_path = args.json or Path("benchmarks") / "results" / f"{device_name}-{date.today().isoformat()}.json"
+    return (json_path, args.markdown or json_path.with_suffix(".md"), args.plot or json_path.with_suffix(".png"))
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from kmnrt.benchmarks.report import load_results, write_report
+
+    if args.report:
+        document = load_results(args.report)
+        markdown = args.markdown or args.report.with_suffix(".md")
+        plot = args.plot or args.report.with_suffix(".png")
+        for path in write_report(document, markdown, plot):
+            print(f"wrote {path}")
+        return 0
+    from kmnrt.benchmarks.environment import device_name, gpu_info
+    from kmnrt.benchmarks.report import latency_table
+    from kmnrt.benchmarks.suite import run_benchmark
+    from kmnrt.data.atomic import atomic_output
+
+    options = options_from_args(args)
+    json_path, markdown, plot = default_paths(args, device_name(gpu_info()))
+
+    def save(document: dict) -> None:
+        with atomic_output(json_path) as tmp:
+            tmp.write_text(json.dumps(document, indent=2))
+
+    document = run_benchmark(options, save)
+    print(f"wrote {json_path}")
+    for path in write_report(document, markdown, plot):
+        print(f"wrote {path}")
+    print(latency_table(document))
+    return 0
+
+
+def options_from_args(args: argparse.Namespace):
+    from kmnrt.benchmarks.suite import BenchOptions
+
+    if args.bundle is None:
+        raise UserInputError("--bundle is required (a folder written by `kmnrt export`), or use --report JSON")
+    point = None
+    if args.throughput_at:
+        point = parse_ints(args.throughput_at, "--throughput-at")
+        if len(point) != 2:
+            raise UserInputError(f"--throughput-at {args.throughput_at}: give N,T (two numbers)")
+    memory, objects = parse_ints(args.memory, "--memory"), parse_ints(args.objects, "--objects")
+    if not memory or not objects:
+        raise UserInputError("--memory and --objects each need at least one value")
+    return BenchOptions(
+        bundle=args.bundle, backends=parse_backends(args.backends), memory=memory, objects=objects,
+        frames=args.frames, warmup=args.warmup, input=args.input, device=args.device,
+        sessions=parse_ints(args.sessions, "--sessions"), throughput_point=point,
+        read_probe=not args.no_read_probe, isolate=not args.in_process, progress=not args.no_progress,
+        command=effective_command(args))
+
+
+def effective_command(args: argparse.Namespace) -> str:
+    """The command with every setting spelled out (defaults included), to reproduce the run."""
+    words = ["kmnrt", "bench", "--bundle", str(args.bundle), "--backends", args.backends, "--memory", args.memory,
+             "--objects", args.objects, "--frames", str(args.frames), "--warmup", str(args.warmup)]
+    for flag, value in (("--input", args.input), ("--device", args.device), ("--sessions", args.sessions),
+                        ("--throughput-at", args.throughput_at), ("--json", args.json)):
+        if value:
+            words += [flag, str(value)]
+    words += [flag for flag, on in (("--no-read-probe", args.no_read_probe), ("--in-process", args.in_process)) if on]
+    return shlex.join(words)

@@ -1,0 +1,207 @@
+"""Markdown tables and plots from a benchmark JSON (``kmnrt bench ... --markdown/--plot``, or ``kmnrt bench
+--report JSON`` for a JSON written earlier). Only the JSON is read: a report can be rebuilt anywhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kmnrt.benchmarks.stats import END_TO_END, STAGES
+from kmnrt.benchmarks.suite import SCHEMA
+from kmnrt.data.atomic import atomic_output
+from kmnrt.errors import UserInputError
+
+STAGE_LABELS = {"pre": "pre", "query_encode": "query enc.", "read": "read", "decode": "decode", "post": "post",
+                "memorize": "memorize"}
+MB = 1024 * 1024
+
+
+def load_results(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserInputError(f"benchmark results {path} do not exist") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserInputError(f"{path} is not a readable benchmark JSON: {exc}") from None
+    if not isinstance(document, dict) or document.get("schema") != SCHEMA:
+        raise UserInputError(f"{path} is not a kmnrt benchmark result (expected schema {SCHEMA!r}); "
+                             f"write one with `kmnrt bench --json`")
+    return document
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def _mb(value: int | None) -> str:
+    return "–" if value is None else f"{value / MB:.0f}"
+
+
+def _x(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}×"
+
+
+def latency_table(document: dict) -> str:
+    stages = [s for s in STAGES if any(s in r["stages"] for r in document["results"])]
+    head = ["backend", "N", "T", "median ms", "p90 ms", "p99 ms", "fps", "speed-up"]
+    head += [f"{STAGE_LABELS[s]} ms" for s in stages] + ["peak RSS MB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in sorted(document["results"], key=lambda r: (r["objects"], r["memory"], _backend_order(document, r))):
+        e2e, speedup = r[END_TO_END], r.get("speedup") or {}
+        memory = r.get("memory_bytes", {})
+        peak = memory.get("device_peak_allocated") if r["device"].startswith("cuda") else memory.get("peak_rss")
+        row = [r["backend"], r["objects"], r["memory"], _ms(e2e["median_ms"]), _ms(e2e["p90_ms"]),
+               _ms(e2e["p99_ms"]), f"{r['fps']:.2f}", _x(speedup.get(END_TO_END))]
+        row += [_ms(r["stages"][s]["median_ms"]) if s in r["stages"] else "–" for s in stages] + [_mb(peak)]
+        lines.append("| " + " | ".join(map(str, row)) + " |")
+    return "\n".join(lines)
+
+
+def stage_speedup_table(document: dict) -> str:
+    rows = [r for r in document["results"] if r.get("speedup") and r["backend"] != document["settings"]["baseline"]]
+    if not rows:
+        return "_No baseline in this run: speed-ups need `reference` in --backends._"
+    head = ["backend", "N", "T", "end to end", *[STAGE_LABELS[s] for s in STAGES]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in sorted(rows, key=lambda r: (r["objects"], r["memory"], _backend_order(document, r))):
+        lines.append("| " + " | ".join(map(str, [r["backend"], r["objects"], r["memory"],
+                                                 *[_x(r["speedup"].get(k)) for k in (END_TO_END, *STAGES)]])) + " |")
+    return "\n".join(lines)
+
+
+def read_memory_table(document: dict) -> str:
+    head = ["backend", "N", "T", "affinity A MB", "read peak MB", "peak / A", "measured by"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in sorted(document["read_memory"], key=lambda r: (r["objects"], r["memory"], _backend_order(document, r))):
+        multiple = "–" if r.get("multiple") is None else f"{r['multiple']:.2f}"
+        lines.append(f"| {r['backend']} | {r['objects']} | {r['memory']} | {_mb(r['affinity_bytes'])} | "
+                     f"{_mb(r.get('peak_bytes'))} | {multiple} | {r['measured_by']} |")
+    return "\n".join(lines)
+
+
+def throughput_table(document: dict) -> str:
+    head = ["backend", "N", "T", "sessions K", "batched fps", "batched p50 / p90 / p99 ms", "sequential fps",
+            "sequential p50 / p90 / p99 ms", "batched / sequential"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in document["throughput"]:
+        b, s = r["batched"], r["sequential"]
+        lines.append(f"| {r['backend']} | {r['objects']} | {r['memory']} | {r['sessions']} | {b['fps']:.2f} | "
+                     f"{_percentiles(b['latency'])} | {s['fps']:.2f} | {_percentiles(s['latency'])} | "
+                     f"{_x(r['speedup'])} |")
+    return "\n".join(lines)
+
+
+def _percentiles(summary: dict) -> str:
+    return " / ".join(_ms(summary[k]) for k in ("median_ms", "p90_ms", "p99_ms"))
+
+
+def _backend_order(document: dict, record: dict) -> int:
+    order = document["settings"]["backends"]
+    return order.index(record["backend"]) if record["backend"] in order else len(order)
+
+
+def render_markdown(document: dict, plot_name: str | None = None) -> str:
+    env, bundle, settings = document["environment"], document["bundle"], document["settings"]
+    gpu = env.get("gpu")
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+    device = (f"{gpu['name']} (driver {gpu.get('driver') or '?'}, CUDA {gpu.get('cuda')}) with " if gpu else "")
+    parts = [
+        f"# kmnrt benchmark: {env['device_name']}, {document['created'][:10]}", "",
+        f"- Device: {device}{env['cpu']}, {env['physical_cores']} physical cores "
+        f"({env['logical_cpus']} usable CPUs), {_mb(env.get('memory_bytes'))} MB RAM; {env['platform']}",
+        f"- Versions: {versions}",
+        f"- Command: `{document['command']}`",
+        f"- Bundle: `{bundle['path']}`: config {bundle['config']}, input {bundle['input_size'][0]}×"
+        f"{bundle['input_size'][1]}, {bundle['precision']}, read {bundle['read'].get('kind')} "
+        f"(σ={bundle['read'].get('sigma')}), weights: {(bundle.get('checkpoint') or {}).get('source', '?')}",
+        f"- Frames: {document['input']['source']} ({document['input']['frames_loaded']} frames "
+        f"{document['input']['frame_size'][1]}×{document['input']['frame_size'][0]}, replayed back and forth); "
+        f"masks: {document['input']['masks']}",
+        f"- Timed {settings['frames']} frames per configuration after {settings['warmup']} warm-up frames; "
+        f"baseline `{settings['baseline']}`; torch device {settings['device']}; "
+        f"{'one fresh process per backend and N' if settings['isolated_processes'] else 'one process for all'}.",
+    ]
+    for backend, engine in document.get("engines", {}).items():
+        parts.append(f"- `{backend}`: {engine}")
+    parts += ["", "## Latency per frame (end to end, and median per stage)", "", latency_table(document), "",
+              "Speed-up = the baseline's median / this median, same run, same N and T (> 1 is faster).", "",
+              "## Speed-up over the baseline per stage", "", stage_speedup_table(document), ""]
+    if plot_name:
+        parts += [f"![latency vs T and per-stage time]({plot_name})", ""]
+    if document["read_memory"]:
+        parts += ["## Memory read peak vs the affinity size A = N·T·(h·w)²·4 bytes", "",
+                  read_memory_table(document), ""]
+    if document["throughput"]:
+        parts += ["## Throughput: K concurrent sessions on one device", "", throughput_table(document), "",
+                  "Batched: one `step_batch` per round (a frame's latency is the round's time). Sequential: "
+                  "`step` per session.", ""]
+    if not document.get("complete", True):
+        parts += ["- **Incomplete run**: the benchmark was interrupted; only the configurations above were measured."]
+    parts += [f"- {note}" for note in document.get("notes", [])]
+    parts += ["", "Method and how to read the numbers: `docs/benchmarks.md`.", ""]
+    return "\n".join(parts)
+
+
+def render_plot(document: dict, path: str | Path) -> Path:
+    """Two panels: median end-to-end latency vs T per backend and N; stacked per-stage medians at the largest T."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserInputError("plots need matplotlib: pip install 'kmn-rt[plots]' (or matplotlib)") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = document["results"]
+    if not results:
+        raise UserInputError("the benchmark JSON has no latency results to plot")
+    backends = [b for b in document["settings"]["backends"] if any(r["backend"] == b for r in results)]
+    objects = sorted({r["objects"] for r in results})
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    for backend in backends:
+        for n in objects:
+            points = sorted((r["memory"], r[END_TO_END]["median_ms"]) for r in results
+                            if r["backend"] == backend and r["objects"] == n)
+            left.plot(*zip(*points), marker="o", label=f"{backend}, N={n}")
+    left.set_xticks(sorted({r["memory"] for r in results}))
+    left.set(xlabel="memory frames T", ylabel="median ms per frame (end to end)", title="Latency vs memory size")
+    left.set_ylim(bottom=0)
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    top_t = max(r["memory"] for r in results)
+    bars = [r for n in objects for b in backends for r in results
+            if r["backend"] == b and r["objects"] == n and r["memory"] == top_t]
+    bottoms = [0.0] * len(bars)
+    for stage in STAGES:
+        heights = [r["stages"].get(stage, {}).get("median_ms", 0.0) for r in bars]
+        right.bar(range(len(bars)), heights, bottom=bottoms, label=STAGE_LABELS[stage])
+        bottoms = [b + h for b, h in zip(bottoms, heights)]
+    right.set_xticks(range(len(bars)), [f"{r['backend']}\nN={r['objects']}" for r in bars], fontsize=8)
+    right.set(ylabel="median ms per stage", title=f"Per-stage time at T={top_t}")
+    right.legend(fontsize=8)
+    figure.suptitle(f"{document['environment']['device_name']}: {document['bundle']['config']} "
+                    f"{document['bundle']['input_size'][0]}×{document['bundle']['input_size'][1]}")
+    figure.tight_layout()
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        figure.savefig(tmp, dpi=110, format="png")
+    plt.close(figure)
+    return path
+
+
+def write_report(document: dict, markdown: Path | None, plot: Path | None) -> list[Path]:
+    """Write the plot (if asked) and the markdown that embeds it; returns the files written."""
+    written = []
+    if plot:
+        written.append(render_plot(document, plot))
+    if markdown:
+        plot_name = None
+        if plot:
+            plot_name = Path(plot).resolve().relative_to(Path(markdown).resolve().parent).as_posix() \
+                if Path(plot).resolve().is_relative_to(Path(markdown).resolve().parent) else str(plot)
+        with atomic_output(markdown) as tmp:
+            tmp.write_text(render_markdown(document, plot_name))
+        written.append(Path(markdown))
+    return written

@@ -1,0 +1,85 @@
+"""``kmnrt bench``: argument errors, and the markdown/plot built from a results JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kmnrt.benchmarks.report import render_markdown, write_report
+from kmnrt.cli import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_from_json_writes_markdown_and_plot(bench_document: dict, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    results = tmp_path / "results" / "cpu-test-2026-01-01.json"
+    results.parent.mkdir()
+    results.write_text(json.dumps(bench_document))
+    assert main(["bench", "--report", str(results)]) == 0
+    markdown, plot = results.with_suffix(".md"), results.with_suffix(".png")
+    assert plot.read_bytes()[:8] == PNG_MAGIC and plot.stat().st_size > 10_000
+    text = markdown.read_text()
+    assert "![latency vs T and per-stage time](cpu-test-2026-01-01.png)" in text
+    assert "kmnrt bench (test)" in text
+    table = [line for line in text.splitlines() if line.startswith("| onnxruntime | 2 | 3 |")]
+    assert len(table) >= 2  # the latency table, the per-stage speed-up table (and the read-memory table)
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_markdown_lists_every_result_and_the_tables(bench_document: dict) -> None:
+    text = render_markdown(bench_document)
+    latency = text.split("## Latency per frame")[1].split("##")[0]
+    rows = [line for line in latency.splitlines() if line.startswith("| ") and not line.startswith("| backend")]
+    assert len(rows) == len(bench_document["results"]) == 12
+    assert "## Memory read peak" in text and "## Throughput" in text
+    assert bench_document["environment"]["cpu"] in text
+
+
+def test_report_without_baseline_says_so(bench_document: dict, tmp_path: Path) -> None:
+    document = dict(bench_document)
+    document["results"] = [dict(r, speedup=None) for r in bench_document["results"] if r["backend"] != "reference"]
+    assert "speed-ups need `reference`" in render_markdown(document)
+    [plot] = write_report(document, None, tmp_path / "only.png")
+    assert plot.read_bytes()[:8] == PNG_MAGIC
+
+
+def _error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--memory", "1,x"], "--memory: 'x' is not a whole number"),
+    (["--memory", "9"], "max_memory 8"),
+    (["--objects", "5"], "max_objects 4"),
+    (["--objects", "0"], "N must be between 1"),
+    (["--backends", "reference,foo"], "unknown backend 'foo'"),
+    (["--backends", "tensorrt"], "tensorrt cannot run"),
+    (["--backends", "torch,torch"], "twice"),
+    (["--frames", "0"], "--frames 0"),
+    (["--sessions", "0"], "--sessions 0"),
+    (["--throughput-at", "1"], "give N,T"),
+    (["--device", "tpu"], "--device tpu"),
+    (["--input", "/nonexistent/video.mp4"], "/nonexistent/video.mp4 does not exist"),
+])
+def test_bad_arguments_are_clear_errors(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                        extra: list[str], message: str) -> None:
+    out = tmp_path / "out.json"
+    base = ["bench", "--bundle", str(tiny_bundle), "--memory", "1", "--objects", "1", "--json", str(out)]
+    err = _error(capsys, [*base, *extra])
+    assert message in err
+    assert not out.exists()
+
+
+def test_missing_bundle_and_bad_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert "--bundle is required" in _error(capsys, ["bench"])
+    assert "does not exist" in _error(capsys, ["bench", "--bundle", str(tmp_path / "nope")])
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"schema": "something-else"}))
+    assert "not a kmnrt benchmark result" in _error(capsys, ["bench", "--report", str(other)])
+    assert "do not exist" in _error(capsys, ["bench", "--report", str(tmp_path / "missing.json")])
