@@ -1,0 +1,252 @@
+"""The FastAPI application: lifespan (tracker, worker, reaper), error mapping, body limit, auth, health, metrics.
+
+Every error leaves as ``{"error": {"code", "message"}}``: 4xx for client faults, 5xx only for server faults; a
+failing request never stops the server. Routes live in :mod:`kmnrt.service.routes` (REST) and
+:mod:`kmnrt.service.stream` (WebSocket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from kmnrt import __version__
+from kmnrt.errors import UserInputError
+from kmnrt.service.errors import ServiceError
+from kmnrt.service.metrics import ServiceMetrics
+from kmnrt.service.schemas import ErrorBody, Health
+from kmnrt.service.sessions import CloseReason, SessionRegistry
+from kmnrt.service.settings import ServiceSettings
+from kmnrt.service.worker import DeviceWorker, fail_jobs
+
+if TYPE_CHECKING:
+    from kmnrt.runtime.tracker import Tracker
+
+log = logging.getLogger("kmnrt.service")
+
+
+@dataclass
+class ServiceContext:
+    """What the routes need, built at startup and kept in ``app.state.ctx``."""
+
+    settings: ServiceSettings
+    tracker: Tracker
+    registry: SessionRegistry
+    worker: DeviceWorker
+    metrics: ServiceMetrics
+    session_bytes: int
+    stopping: bool = False
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised while a body streams in past the limit (an HTTPException, so FastAPI's form parser re-raises it)."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"the request body exceeds the server's limit of {limit} bytes")
+
+
+class BodyLimitMiddleware:
+    """Refuses bodies over ``limit`` bytes: at once from Content-Length, else while they stream in (chunked)."""
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            response = _error_response(413, "body_too_large", f"the request body ({length.decode(errors='replace')}"
+                                       f" bytes) exceeds the server's limit of {self.limit} bytes")
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise BodyTooLarge(self.limit)
+            return message
+
+        return await self.app(scope, limited_receive, send)
+
+
+class BearerAuthMiddleware:
+    """With a token set, every ``/v1`` request (HTTP or WebSocket handshake) must carry ``Authorization: Bearer
+    <token>``; checked before the body is read. Health and metrics stay open for probes and scrapers."""
+
+    def __init__(self, app, token: str | None):
+        self.app = app
+        self.token = token.encode() if token else None
+
+    async def __call__(self, scope, receive, send):
+        if self.token is None or scope["type"] not in ("http", "websocket") or not scope["path"].startswith("/v1"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token):
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":  # refusing the handshake answers HTTP 403
+            await receive()
+            return await send({"type": "websocket.close", "code": 1008})
+        response = _error_response(401, "unauthorized", "missing or wrong bearer token: send 'Authorization: "
+                                   "Bearer <token>'", {"WWW-Authenticate": "Bearer"})
+        return await response(scope, receive, send)
+
+
+def load_tracker(settings: ServiceSettings) -> Tracker:
+    from kmnrt.runtime.tracker import Tracker
+
+    if settings.bundle is None:
+        raise UserInputError("no bundle to serve: pass --bundle or set KMNRT_BUNDLE to an exported bundle folder")
+    return Tracker.from_bundle(settings.bundle, backend=settings.backend, device=settings.device)
+
+
+def capacity(settings: ServiceSettings, session_bytes: int) -> int:
+    """Sessions that fit the memory budget (and the optional explicit cap)."""
+    by_memory = settings.memory_budget_bytes // max(session_bytes, 1)
+    if by_memory < 1:
+        raise UserInputError(f"memory budget {settings.memory_budget_mb} MiB holds no session: one takes "
+                             f"{session_bytes / 2**20:.1f} MiB; raise --memory-budget-mb")
+    return min(by_memory, settings.max_sessions) if settings.max_sessions else by_memory
+
+
+def create_app(settings: ServiceSettings, tracker: Tracker | None = None) -> FastAPI:
+    """The service app. ``tracker``: serve this tracker (tests share one) instead of loading ``settings.bundle``;
+    the app does not close a tracker it was given."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = tracker is None
+        active = await asyncio.to_thread(load_tracker, settings) if owned else tracker
+        session_bytes = active.session_bytes()
+        registry = SessionRegistry(capacity(settings, session_bytes), settings.ttl_s, settings.tombstones)
+        metrics = ServiceMetrics.create()
+        metrics.max_sessions.set(registry.max_sessions)
+        worker = DeviceWorker(active, registry, metrics, settings.max_batch, settings.max_delay_ms / 1000,
+                              settings.queue_depth)
+        await asyncio.to_thread(worker.start, settings.warmup)
+        ctx = ServiceContext(settings, active, registry, worker, metrics, session_bytes)
+        app.state.ctx = ctx
+        reaper = asyncio.create_task(_reap_forever(ctx))
+        log.info("service ready", extra={"event": "ready", "backend": active.backend, "bundle": str(settings.bundle),
+                                         "max_sessions": registry.max_sessions, "session_bytes": session_bytes})
+        try:
+            yield
+        finally:
+            ctx.stopping = True
+            reaper.cancel()
+            drained = await asyncio.to_thread(worker.stop, settings.shutdown_grace_s)
+            for session in registry.open_sessions():
+                fail_jobs(registry.close(session, CloseReason.SHUTDOWN),
+                          ServiceError(503, "shutting_down", "the server shut down before this frame ran"))
+            if owned:
+                active.close()
+            log.info("service stopped", extra={"event": "stopped", "drained": drained})
+
+    app = FastAPI(title="kmnrt", version=__version__, lifespan=lifespan,
+                  description="KMN video object segmentation with per-video sessions whose memory stays on the "
+                  "device. Errors are `{\"error\": {\"code\", \"message\"}}`. WebSocket `/v1/stream`: see "
+                  "docs/service.md.",
+                  responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 413: {"model": ErrorBody}})
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(BearerAuthMiddleware, token=settings.token)  # added last = runs first
+    _install_error_handlers(app)
+
+    from kmnrt.service.routes import router
+    from kmnrt.service.stream import stream_router
+
+    app.include_router(router)
+    app.include_router(stream_router)
+
+    @app.get("/v2/health/live", response_model=Health, tags=["health"])
+    async def live() -> Health:
+        return Health(status="live")
+
+    @app.get("/v2/health/ready", response_model=Health, tags=["health"],
+             responses={503: {"model": Health}})
+    async def ready(request: Request):
+        ctx: ServiceContext | None = getattr(request.app.state, "ctx", None)
+        if ctx is None or not ctx.worker.ready.is_set() or ctx.stopping:
+            status = "stopping" if ctx is not None and ctx.stopping else "not_ready"
+            return JSONResponse(Health(status=status).model_dump(), status_code=503)
+        return Health(status="ready", backend=ctx.tracker.backend, max_sessions=ctx.registry.max_sessions,
+                      active_sessions=len(ctx.registry))
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    async def metrics(request: Request) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        ctx: ServiceContext = request.app.state.ctx
+        active = len(ctx.registry)
+        ctx.metrics.active_sessions.set(active)
+        ctx.metrics.bank_bytes.set(active * ctx.session_bytes)
+        return Response(ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def _reap_forever(ctx: ServiceContext) -> None:
+    while True:
+        await asyncio.sleep(ctx.settings.reap_interval_s)
+        for session, waiting in ctx.registry.expired():
+            fail_jobs(waiting, ServiceError(410, "session_expired", "the session expired"))
+            ctx.metrics.sessions_closed.labels(CloseReason.EXPIRED).inc()
+            log.info("session expired", extra={"event": "session_closed", "session": session.id,
+                                               "reason": CloseReason.EXPIRED})
+
+
+def _error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def _count_error(request: Request, code: str) -> None:
+    ctx = getattr(request.app.state, "ctx", None)
+    if ctx is not None:
+        ctx.metrics.errors.labels(code).inc()
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        _count_error(request, exc.code)
+        if exc.status >= 500:
+            log.error(exc.message, extra={"event": "error", "code": exc.code, "path": request.url.path})
+        return _error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(UserInputError)
+    async def user_error(request: Request, exc: UserInputError) -> JSONResponse:
+        _count_error(request, "invalid_input")
+        return _error_response(400, "invalid_input", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        _count_error(request, "invalid_request")
+        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
+        return _error_response(422, "invalid_request", problems or "the request does not match the API")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status_code,
+                                                                                        "bad_request")
+        _count_error(request, code)
+        return _error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        _count_error(request, "internal_error")
+        log.error("unexpected error", extra={"event": "error", "path": request.url.path}, exc_info=exc)
+        return _error_response(500, "internal_error", "the server failed on this request; it keeps serving")

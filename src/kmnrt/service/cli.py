@@ -1,0 +1,118 @@
+"""``kmnrt serve`` (the session service) and ``kmnrt client-run`` (segment a video through a running service)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from kmnrt.errors import UserInputError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    serve = subparsers.add_parser(
+        "serve",
+        help="serve a bundle over HTTP/WebSocket with per-video sessions",
+        description="Serve an engine bundle: each video is a session whose memory bank stays on the device; "
+        "frames of different sessions are batched through the query encoder. Every option can also be set "
+        "with a KMNRT_<OPTION> environment variable (e.g. KMNRT_TOKEN, KMNRT_MAX_BATCH); options win. Binding "
+        "anything but a loopback address requires --token. See docs/service.md.",
+    )
+    serve.add_argument("--bundle", type=Path, help="the exported bundle folder (env KMNRT_BUNDLE)")
+    serve.add_argument("--backend", help="runtime backend: auto, onnxruntime, onnxruntime-cuda, tensorrt, torch "
+                       "(default: auto)")
+    serve.add_argument("--device", help="device for the backend, e.g. cuda:1 (default: the backend's)")
+    serve.add_argument("--host", help="address to bind (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: 8000)")
+    serve.add_argument("--token", help="bearer token required on /v1 (required off loopback; env KMNRT_TOKEN "
+                       "keeps it out of the process list)")
+    serve.add_argument("--memory-budget-mb", type=float, help="device memory for sessions; the session capacity "
+                       "is this divided by one session's bank and buffers (default: 2048)")
+    serve.add_argument("--max-sessions", type=int, help="extra cap on sessions (default: 0 = budget only)")
+    serve.add_argument("--ttl-s", type=float, help="idle seconds before a session expires (default: 300)")
+    serve.add_argument("--queue-depth", type=int, help="frames a session may have waiting (default: 1)")
+    serve.add_argument("--queue-policy", choices=("block", "latest"),
+                       help="a session's full queue: block (429) or latest (drop the stale frame); default block")
+    serve.add_argument("--max-batch", type=int, help="sessions per query-encoder call (default: 8; 1 = off)")
+    serve.add_argument("--max-delay-ms", type=float, help="wait for a fuller batch at most this long (default: 2)")
+    serve.add_argument("--max-body-mb", type=float, help="largest request body or message (default: 16)")
+    serve.add_argument("--max-frame-pixels", type=int, help="largest frame, width x height (default: 4096x2160)")
+    serve.add_argument("--mask-format", choices=("png", "rle", "raw"), help="default mask format (default: png)")
+    serve.add_argument("--reap-interval-s", type=float, help="how often idle sessions are looked for (default: 1)")
+    serve.add_argument("--shutdown-grace-s", type=float,
+                       help="on SIGTERM, wait this long for queued and in-flight frames (default: 30)")
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default: info")
+    serve.add_argument("--print-ws-schema", action="store_true",
+                       help="print the JSON Schema of the WebSocket messages and exit")
+    serve.set_defaults(handler=run_serve)
+
+    client = subparsers.add_parser(
+        "client-run",
+        help="segment a video through a running `kmnrt serve`",
+        description="Send a video's frames to a kmnrt service as one session and write the answers as indexed "
+        "DAVIS-palette PNGs named like the frames (the same files `kmnrt run` writes for the same bundle).",
+    )
+    client.add_argument("--server", default="http://127.0.0.1:8000", help="service URL (default: %(default)s)")
+    client.add_argument("--token", help="bearer token (default: env KMNRT_TOKEN)")
+    client.add_argument("--input", type=Path, required=True, help="a folder of frames or a video file")
+    client.add_argument("--mask", type=Path, required=True,
+                        help="the first frame's index mask (PNG), or a folder of mask PNGs named like the frames "
+                        "(later ones add objects that first appear there)")
+    client.add_argument("--out", type=Path, required=True, help="output folder for the PNG masks")
+    client.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    client.add_argument("--mask-format", choices=("png", "rle", "raw"), default="png",
+                        help="mask format on the wire (default: png)")
+    client.set_defaults(handler=run_client)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    if args.print_ws_schema:
+        from kmnrt.service.schemas import websocket_json_schema
+
+        print(websocket_json_schema())
+        return 0
+    import uvicorn
+
+    from kmnrt.service.app import create_app
+    from kmnrt.service.logs import logging_config
+    from kmnrt.service.settings import load_settings
+
+    settings = load_settings({name: getattr(args, name) for name in vars(args) if name != "handler"})
+    if settings.bundle is None or not settings.bundle.is_dir():
+        raise UserInputError(f"bundle {settings.bundle} is not a folder: pass --bundle (or KMNRT_BUNDLE) with "
+                             f"the folder `kmnrt export` wrote")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=logging_config(
+        settings.log_level), access_log=False, ws_max_size=settings.max_body_bytes,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s))
+    return 0
+
+
+def run_client(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from kmnrt.client import ServiceClient
+    from kmnrt.data import open_frames, write_label_png
+    from kmnrt.model.cli import read_masks
+
+    source = open_frames(args.input, args.max_frames)
+    frames = iter(source)
+    try:
+        first_name, first_frame = next(frames)
+    except StopIteration:
+        raise UserInputError(f"{args.input} holds no frames") from None
+    first_mask, later_masks = read_masks(args.mask, list(source.names))
+    with ServiceClient(args.server, token=args.token) as client:
+        session = client.create_session(first_frame, first_mask, mask_format=args.mask_format)
+        try:
+            write_label_png(args.out / f"{first_name}.png", session.first.labels)
+            for index, (name, frame) in enumerate(tqdm(frames, desc="frames", unit="frame", file=sys.stderr,
+                                                       initial=1, total=len(source)), start=1):
+                if index in later_masks:
+                    answer = client.add_objects(session.session_id, index, frame, later_masks[index])
+                else:
+                    answer = client.send_frame(session.session_id, index, frame)
+                write_label_png(args.out / f"{name}.png", answer.labels)
+        finally:
+            client.delete_session(session.session_id)
+    return 0
+

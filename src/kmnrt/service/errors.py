@@ -1,0 +1,22 @@
+"""Client-facing service errors: one exception type that the app turns into ``{"error": {"code", "message"}}``."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """A request the service refuses, with its HTTP status, a stable machine-readable code and a message that says
+    what to do. ``headers`` (e.g. Retry-After) go into the response."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+def bad_input(message: str, code: str = "invalid_input") -> ServiceError:
+    return ServiceError(400, code, message)

@@ -1,0 +1,164 @@
+"""WebSocket ``/v1/stream``: one connection = one session.
+
+The first message (``start``) creates the session; then each frame message (JSON ``frame``/``add_objects``, or a
+binary message holding the image bytes, which takes the next index) gets one answer (``masks``, ``dropped`` or
+``error``), in order; ``close`` or closing the socket deletes the session. With the ``block`` policy the server
+reads the next message only after answering the previous one, so TCP pushes back on a fast sender; with
+``latest`` it keeps reading and the worker drops stale frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from pydantic import ValidationError
+
+from kmnrt.errors import UserInputError
+from kmnrt.service import ops
+from kmnrt.service.errors import ServiceError, bad_input
+from kmnrt.service.masks import b64decode
+from kmnrt.service.schemas import CLIENT_MESSAGES, WsAddObjects, WsClose, WsFrame, WsStart
+
+if TYPE_CHECKING:
+    from kmnrt.service.app import ServiceContext
+
+log = logging.getLogger("kmnrt.service")
+stream_router = APIRouter()
+
+
+@stream_router.websocket("/v1/stream")
+async def stream(ws: WebSocket) -> None:
+    ctx: ServiceContext = ws.app.state.ctx
+    await ws.accept()
+    session_id: str | None = None
+    outbox: asyncio.Queue = asyncio.Queue()
+    sender: asyncio.Task | None = None
+    try:
+        try:
+            start = await _receive(ws, ctx)
+            if not isinstance(start, WsStart):
+                raise bad_input("the first message must be a 'start' message that creates the session")
+            created = await ops.create_session(ctx, b64decode(start.frame, "frame"), _optional_b64(start.mask),
+                                               start.mask_rle, start.options)
+        except (ServiceError, UserInputError) as exc:
+            await _send_error(ws, exc, fatal=True)
+            await ws.close(code=1008)
+            return
+        session_id = created["session_id"]
+        await ws.send_json({"type": "started", "session": created})
+        sender = asyncio.create_task(_send_answers(ws, outbox))
+        block = created["queue_policy"] == "block"
+        while not sender.done():
+            try:
+                message = await _receive(ws, ctx)
+                if isinstance(message, WsClose):
+                    break
+                queued = await _queue(ctx, session_id, message)
+            except (ServiceError, UserInputError) as exc:
+                await outbox.put(exc)
+                if _is_gone(exc):
+                    break
+                continue
+            done = asyncio.get_running_loop().create_future()
+            await outbox.put((queued, done))
+            if block:
+                await done  # answer sent: read the next message
+        await outbox.put(None)
+        await sender
+    except WebSocketDisconnect:
+        pass
+    finally:
+        if sender is not None and not sender.done():
+            sender.cancel()
+        if session_id is not None:
+            try:
+                ops.close_session(ctx, session_id)
+            except ServiceError:
+                pass  # already expired or evicted
+        if ws.client_state.name == "CONNECTED":
+            try:
+                await ws.close()
+            except RuntimeError:
+                pass  # the peer went away first
+
+
+async def _receive(ws: WebSocket, ctx: ServiceContext):
+    """The next message: bytes (a binary frame) or a parsed client message."""
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    data = message.get("bytes")
+    text = message.get("text")
+    size = len(data if data is not None else (text or "").encode())
+    if size > ctx.settings.max_body_bytes:
+        raise ServiceError(413, "body_too_large", f"a message of {size} bytes exceeds the server's limit of "
+                           f"{ctx.settings.max_body_bytes} bytes")
+    if data is not None:
+        return data
+    try:
+        return CLIENT_MESSAGES.validate_json(text or "")
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ServiceError(422, "invalid_message", f"the message does not match the protocol: {problems}") from None
+
+
+async def _queue(ctx: ServiceContext, session_id: str, message):
+    if isinstance(message, (bytes, bytearray)):
+        index = ctx.registry.get(session_id).next_index
+        return index, await ops.queue_frame(ctx, session_id, index, bytes(message))
+    if isinstance(message, WsFrame):
+        return message.frame_index, await ops.queue_frame(ctx, session_id, message.frame_index,
+                                                          b64decode(message.frame, "frame"))
+    if isinstance(message, WsAddObjects):
+        return message.frame_index, await ops.queue_frame(
+            ctx, session_id, message.frame_index, b64decode(message.frame, "frame"), _optional_b64(message.mask),
+            message.mask_rle)
+    raise bad_input("a session is already running on this connection: send frames, add_objects or close")
+
+
+async def _send_answers(ws: WebSocket, outbox: asyncio.Queue) -> None:
+    """Answers in the order messages arrived; stops on None or after a fatal error."""
+    ctx: ServiceContext = ws.app.state.ctx
+    while True:
+        item = await outbox.get()
+        if item is None:
+            return
+        if isinstance(item, Exception):
+            await _send_error(ws, item, fatal=_is_gone(item))
+            if _is_gone(item):
+                await ws.close(code=1008)
+                return
+            continue
+        (index, (session, future, cached)), done = item
+        try:
+            answer = await ops.frame_answer(ctx, session, index, future, cached)
+            if answer.get("dropped"):
+                await ws.send_json({"type": "dropped", "frame_index": index})
+            else:
+                await ws.send_json({"type": "masks", "result": answer})
+        except (ServiceError, UserInputError) as exc:
+            await _send_error(ws, exc, fatal=_is_gone(exc))
+            if _is_gone(exc):
+                await ws.close(code=1008)
+                return
+        finally:
+            done.set_result(None)
+
+
+def _is_gone(exc: Exception) -> bool:
+    return isinstance(exc, ServiceError) and exc.status == 410
+
+
+async def _send_error(ws: WebSocket, exc: Exception, fatal: bool) -> None:
+    if isinstance(exc, ServiceError):
+        code, message = exc.code, exc.message
+    else:
+        code, message = "invalid_input", str(exc)
+    await ws.send_json({"type": "error", "error": {"code": code, "message": message}, "fatal": fatal})
+
+
+def _optional_b64(text: str | None) -> bytes | None:
+    return None if text is None else b64decode(text, "mask")

@@ -1,0 +1,56 @@
+"""`kmnrt serve` / `kmnrt client-run` command lines, and the WebSocket schema copy in docs/service.md."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from kmnrt.cli import main
+from kmnrt.service.schemas import websocket_json_schema
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "service.md"
+
+
+def test_print_ws_schema_matches_the_docs(capsys):
+    assert main(["serve", "--print-ws-schema"]) == 0
+    printed = capsys.readouterr().out
+    schema = json.loads(printed)
+    kinds = {ref.rsplit("/", 1)[-1] for ref in re.findall(r'"\$ref": "([^"]+)"', printed)}
+    assert {"WsStart", "WsFrame", "WsAddObjects", "WsClose", "WsStarted", "WsMasks", "WsDropped",
+            "WsError"} <= kinds
+    assert set(schema) == {"client_to_server", "server_to_client"}
+    block = re.search(r"<!-- ws-schema:begin -->\n```json\n(.*?)```\n<!-- ws-schema:end -->", DOCS.read_text(),
+                      re.S)
+    assert block, "docs/service.md lost its schema block"
+    assert json.loads(block.group(1)) == json.loads(websocket_json_schema()), \
+        "docs/service.md's schema is stale: paste `kmnrt serve --print-ws-schema` into it"
+
+
+def test_serve_refuses_public_bind_without_token_and_missing_bundle(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("KMNRT_TOKEN", raising=False)
+    assert main(["serve", "--bundle", str(tmp_path), "--host", "0.0.0.0"]) == 2
+    assert "requires a token" in capsys.readouterr().err
+    monkeypatch.setenv("KMNRT_MAX_BATCH", "lots")
+    assert main(["serve", "--bundle", str(tmp_path)]) == 2
+    assert "KMNRT_MAX_BATCH='lots'" in capsys.readouterr().err
+    monkeypatch.delenv("KMNRT_MAX_BATCH")
+    assert main(["serve", "--bundle", str(tmp_path / "missing")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_client_run_reports_an_unreachable_server(capsys, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from kmnrt.data import write_label_png
+
+    (tmp_path / "frames").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "frames" / "00000.png")
+    mask = np.zeros((8, 8), np.uint8)
+    mask[:4, :4] = 1
+    write_label_png(tmp_path / "mask.png", mask)
+    code = main(["client-run", "--server", "http://127.0.0.1:9", "--input", str(tmp_path / "frames"),
+                 "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "connection_failed" in capsys.readouterr().err

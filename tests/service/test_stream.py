@@ -1,0 +1,96 @@
+"""WebSocket /v1/stream in process: start, JSON and binary frames, add objects, errors that keep the session."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+from starlette.websockets import WebSocketDisconnect
+
+from kmnrt.client import encode_frame, encode_mask_png
+from kmnrt.service.masks import decode_labels
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_stream_session_equals_the_runtime(make_client, videos, reference, tracker):
+    http = make_client()
+    video = videos(21, 7)
+    expected = reference(video)
+    with http.websocket_connect("/v1/stream") as ws:
+        ws.send_json({"type": "start", "frame": _b64(encode_frame(video.frames[0])),
+                      "mask": _b64(encode_mask_png(video.mask)), "options": {"mask_format": "raw"}})
+        started = ws.receive_json()
+        assert started["type"] == "started"
+        session_id = started["session"]["session_id"]
+        assert np.array_equal(decode_labels(started["session"]["result"]["mask"]), video.mask)
+        for index in range(1, 4):  # JSON frames
+            ws.send_json({"type": "frame", "frame_index": index, "frame": _b64(encode_frame(video.frames[index]))})
+            answer = ws.receive_json()
+            assert answer["type"] == "masks" and answer["result"]["frame_index"] == index
+            assert np.array_equal(decode_labels(answer["result"]["mask"]), expected[index])
+        ws.send_json({"type": "frame", "frame_index": 9, "frame": _b64(encode_frame(video.frames[4]))})
+        error = ws.receive_json()
+        assert error == {"type": "error", "fatal": False,
+                         "error": {"code": "frame_out_of_order", "message": error["error"]["message"]}}
+        ws.send_json({"type": "frame", "frame_index": 4, "frame": "%%%"})
+        assert ws.receive_json()["error"]["code"] == "invalid_input"
+        ws.send_text("{not json")
+        assert ws.receive_json()["error"]["code"] == "invalid_message"
+        for index in range(4, 7):  # binary frames take the next index
+            ws.send_bytes(encode_frame(video.frames[index]))
+            answer = ws.receive_json()
+            assert answer["result"]["frame_index"] == index
+            assert np.array_equal(decode_labels(answer["result"]["mask"]), expected[index])
+        assert http.get(f"/v1/sessions/{session_id}").json()["frames_done"] == 7
+        ws.send_json({"type": "close"})
+        try:
+            ws.receive_json()
+        except WebSocketDisconnect:
+            pass
+    assert http.get(f"/v1/sessions/{session_id}").json()["error"]["code"] == "session_closed_by_client"
+
+
+def test_stream_add_objects_and_disconnect_deletes(make_client, videos, tracker):
+    http = make_client()
+    video = videos(22, 3)
+    new_mask = np.zeros_like(video.mask)
+    new_mask[5:20, 5:25] = 8
+    with http.websocket_connect("/v1/stream") as ws:
+        ws.send_json({"type": "start", "frame": _b64(encode_frame(video.frames[0])),
+                      "mask": _b64(encode_mask_png(video.mask))})
+        session_id = ws.receive_json()["session"]["session_id"]
+        ws.send_json({"type": "add_objects", "frame_index": 1, "frame": _b64(encode_frame(video.frames[1])),
+                      "mask": _b64(encode_mask_png(new_mask))})
+        answer = ws.receive_json()["result"]
+        state = tracker.start(video.frames[0], video.mask)
+        direct = tracker.add_objects(state, video.frames[1], new_mask)
+        assert answer["object_ids"] == direct.object_ids and 8 in answer["object_ids"]
+        assert np.array_equal(decode_labels(answer["mask"]), direct.mask)
+    assert http.get(f"/v1/sessions/{session_id}").status_code == 410  # socket closed = session deleted
+
+
+def test_stream_bad_start_is_a_fatal_error(make_client, videos):
+    http = make_client()
+    with http.websocket_connect("/v1/stream") as ws:
+        ws.send_json({"type": "frame", "frame_index": 1, "frame": ""})
+        message = ws.receive_json()
+        assert message["fatal"] and message["error"]["code"] == "invalid_input"
+    with http.websocket_connect("/v1/stream") as ws:
+        ws.send_json({"type": "start", "frame": _b64(b"not an image"), "mask": _b64(b"")})
+        assert ws.receive_json()["error"]["code"] == "corrupt_image"
+    assert http.get("/v2/health/ready").status_code == 200
+
+
+def test_stream_requires_token(make_client, videos):
+    http = make_client(token="t0ken")
+    try:
+        with http.websocket_connect("/v1/stream") as ws:
+            ws.receive_json()
+        raise AssertionError("the handshake should have been refused")
+    except WebSocketDisconnect as exc:
+        assert exc.code == 1008
+    with http.websocket_connect("/v1/stream", headers={"Authorization": "Bearer t0ken"}) as ws:
+        ws.send_json({"type": "close"})
