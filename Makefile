@@ -12,7 +12,7 @@ DEMO_SEQUENCE ?= $(SHARED_VOS)/davis2016_blackswan
 DEMO_BUNDLE ?= engines/demo-tiny
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test test-all clean-venv
+.PHONY: demo test test-all default-model clean-venv
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ test: $(STAMP)
 # Also the slow tests (paper-size parity, long runs).
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow"
+
+# Train the embedded default model from scratch on generated data (docs/default-model.md) and install it.
+default-model: $(STAMP)
+	nice -n 10 $(PY) -m kmnrt.training.default_model --out out/default-model --threads 1 \
+		$(if $(wildcard $(SHARED_VOS)),--real $(SHARED_VOS)) --install model/weights/tiny_synthetic.safetensors
 
 clean-venv:
 	rm -rf $(VENV)

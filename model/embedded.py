@@ -1,4 +1,5 @@
-"""Weights that ship inside the package (trained here on synthetic data; see ``model/weights/README.md``)."""
+"""Weights that ship inside the package, trained by this project on generated data: ``make default-model``
+(:mod:`kmnrt.training.default_model`); the model card is docs/default-model.md."""
 
 from __future__ import annotations
 

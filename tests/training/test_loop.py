@@ -1,0 +1,109 @@
+"""The training loop end to end: files written, resume continues identically, the CLI, user errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from kmnrt.cli import main as kmnrt_main
+from kmnrt.errors import UserInputError
+from kmnrt.model.checkpoint import load_model, read_checkpoint
+from kmnrt.model.config import get_config
+from kmnrt.training.config import HideAndSeekConfig, OptimConfig, preset
+from kmnrt.training.loop import learning_rate, train
+
+
+def _schedule_free(config):
+    """Constant lr and a fixed Hide-and-Seek ramp: a 2-iteration run is then the first half of a 4-iteration one."""
+    return dataclasses.replace(config, optim=OptimConfig(lr=2e-3, poly_power=None),
+                               hide_and_seek=HideAndSeekConfig(grid=4, ramp_iterations=3))
+
+
+def test_a_run_writes_weights_state_log_and_curve(small_config):
+    small_config = dataclasses.replace(small_config, log_every=2)
+    result = train(small_config, progress=False)
+    out = small_config.out
+    assert result.iterations == 4 and len(result.losses) == 4 and all(loss > 0 for loss in result.losses)
+    for name in ("model.safetensors", "train_state.pt", "train_config.json", "losses.csv", "loss_curve.png",
+                 "train.log"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "train_config.json").read_text())["size"] == 64
+    assert len((out / "losses.csv").read_text().splitlines()) == 1 + 4
+    log = (out / "train.log").read_text().splitlines()
+    assert log[0].startswith("# tiny pretrain") and [line.split()[2] for line in log[1:]] == ["2", "4"]
+    state, stored = read_checkpoint(result.checkpoint)
+    assert stored == get_config("tiny")
+    model = load_model(get_config("tiny"), result.checkpoint)
+    fresh = load_model(get_config("tiny"))
+    assert not torch.equal(model.decoder.pred2.weight, fresh.decoder.pred2.weight)  # it trained
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(small_config, tmp_path):
+    whole = _schedule_free(dataclasses.replace(small_config, out=tmp_path / "whole", log_every=1))
+    full = train(whole, progress=False)
+    first_half = dataclasses.replace(whole, out=tmp_path / "split", iterations=2)
+    train(first_half, progress=False)
+    resumed = train(dataclasses.replace(whole, out=tmp_path / "split", resume=tmp_path / "split" / "train_state.pt"),
+                    progress=False)
+    assert resumed.losses == full.losses  # same samples, same optimiser state, same numbers
+    full_state, _ = read_checkpoint(full.checkpoint)
+    resumed_state, _ = read_checkpoint(resumed.checkpoint)
+    assert full_state.keys() == resumed_state.keys()
+    for key in full_state:
+        assert torch.equal(full_state[key], resumed_state[key]), key
+
+
+def test_resume_refuses_a_finished_or_foreign_state(small_config, tmp_path):
+    train(small_config, progress=False)
+    state = small_config.out / "train_state.pt"
+    with pytest.raises(UserInputError, match="already reached iteration 4"):
+        train(dataclasses.replace(small_config, resume=state), progress=False)
+    main_run = preset("tiny", "main", tmp_path / "m", data=tmp_path, iterations=8, resume=state)
+    with pytest.raises(UserInputError, match="--stage pretrain"):
+        train(main_run, progress=False)
+    (tmp_path / "junk.pt").write_bytes(b"not a state")
+    with pytest.raises(UserInputError, match="not a kmnrt training state"):
+        train(dataclasses.replace(small_config, iterations=8, resume=tmp_path / "junk.pt"), progress=False)
+
+
+def test_poly_learning_rate_decays_to_zero():
+    config = preset("tiny", "pretrain", "unused", iterations=100, lr=1e-3)
+    assert learning_rate(config, 0) == pytest.approx(1e-3)
+    assert learning_rate(config, 50) == pytest.approx(1e-3 * 0.5 ** 0.9)
+    assert learning_rate(config, 99) < 2e-5
+    constant = dataclasses.replace(config, optim=OptimConfig(lr=1e-3, poly_power=None))
+    assert learning_rate(constant, 99) == 1e-3
+
+
+def test_cli_pretrain_then_main_on_generated_videos(tmp_path, capsys):
+    videos = tmp_path / "videos"
+    assert kmnrt_main(["generate-data", "--out", str(videos), "--videos", "2", "--frames", "6", "--height", "64",
+                       "--width", "96", "--seed", "3"]) == 0
+    common = ["--config", "tiny", "--size", "64", "--batch", "2", "--iterations", "2", "--threads", "1"]
+    assert kmnrt_main(["train", "--stage", "pretrain", *common, "--hide-grid", "4", "--out",
+                       str(tmp_path / "pre")]) == 0
+    assert kmnrt_main(["train", "--stage", "main", *common, "--data", str(videos), "--init",
+                       str(tmp_path / "pre" / "model.safetensors"), "--out", str(tmp_path / "main")]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.strip().splitlines()[-1] == str(tmp_path / "main" / "model.safetensors")
+    assert "trained 2 iterations" in printed.err
+    stored = json.loads((tmp_path / "main" / "train_config.json").read_text())
+    assert stored["stage"] == "main" and stored["init"] == str(tmp_path / "pre" / "model.safetensors")
+    assert json.loads((tmp_path / "pre" / "train_config.json").read_text())["hide_and_seek"]["grid"] == 4
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--stage", "main"], "--stage main trains on videos"),
+    (["--size", "50"], "multiple of 16"),
+    (["--hide-grid", "-2"], "Hide-and-Seek"),
+    (["--threads", "0"], "--threads"),
+    (["--hard-pixels", "0"], "--hard-pixels"),
+    (["--data", "/nonexistent/kmnrt"], "is not a folder"),
+])
+def test_cli_user_errors_are_one_line(tmp_path, capsys, argv, message):
+    assert kmnrt_main(["train", "--iterations", "1", "--out", str(tmp_path / "run"), *argv]) != 0
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and message in error and "Traceback" not in error

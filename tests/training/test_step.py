@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kmnrt.model.config import get_config
+from kmnrt.model.kmn import build_model
+from kmnrt.model.memory_read import kmn_read, stm_read
+from kmnrt.training.datasets import StaticClips
+from kmnrt.training.step import clip_loss, set_train_mode, train_step
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def model():
+    return build_model(get_config("tiny"), seed=0)
+
+
+def _memory(seed: int = 0, t: int = 2, n: int = 2, h: int = 6, w: int = 7):
+    generator = torch.Generator().manual_seed(seed)
+    config = get_config("tiny")
+    key = torch.randn(t, n, config.key_dim, h, w, generator=generator) * 3
+    value = torch.randn(t, n, config.value_dim, h, w, generator=generator)
+    query = torch.randn(1, config.key_dim, h, w, generator=generator) * 3
+    return key, value, query
+
+
+def test_training_mode_reads_with_stm_and_eval_mode_with_the_kernel(model):
+    key, value, query = _memory()
+    set_train_mode(model)
+    assert model.read.training
+    assert torch.equal(model.read_memory(key, value, query), stm_read(key, value, query))
+    model.eval()
+    kernel = model.read_memory(key, value, query)
+    torch.testing.assert_close(kernel, kmn_read(key, value, query, model.read_config.sigma))
+    assert (kernel - stm_read(key, value, query)).abs().max() > 1e-3  # the kernel changes the read here
+
+
+def test_batchnorm_statistics_stay_frozen(small_config, model):
+    clip = StaticClips(small_config)[0]
+    bn = model.query_encoder.bn1
+    before = bn.running_mean.clone()
+    set_train_mode(model, freeze_batchnorm=True)
+    assert not bn.training and model.decoder.training
+    clip_loss(model, clip, CPU)
+    assert torch.equal(bn.running_mean, before)
+    set_train_mode(model, freeze_batchnorm=False)
+    clip_loss(model, clip, CPU)
+    assert not torch.equal(bn.running_mean, before)
+
+
+def test_loss_reaches_every_stage_of_the_network(small_config, model):
+    set_train_mode(model)
+    loss_b, loss_c = clip_loss(model, StaticClips(small_config)[1], CPU)
+    assert loss_b.item() > 0 and loss_c.item() > 0
+    (loss_b + loss_c).backward()
+    for name in ("memory_encoder.conv1_m.weight", "memory_encoder.conv1_o.weight", "memory_kv.key.weight",
+                 "query_kv.key.weight", "query_encoder.conv1.weight", "decoder.pred2.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_loss_is_the_nll_of_a_perfect_and_a_wrong_prediction():
+    from kmnrt.training.step import aggregated_nll
+
+    labels = torch.tensor([[0, 1], [2, 0]])
+    perfect = torch.nn.functional.one_hot(labels, 3).permute(2, 0, 1).float()
+    assert aggregated_nll(perfect, labels).item() == pytest.approx(0.0, abs=1e-6)
+    uniform = torch.full((3, 2, 2), 1 / 3)
+    assert aggregated_nll(uniform, labels).item() == pytest.approx(np.log(3), rel=1e-5)
+
+
+def test_bootstrapped_loss_averages_the_hardest_pixels():
+    from kmnrt.training.step import aggregated_nll
+
+    labels = torch.tensor([[1, 0, 0, 0]])
+    probs = torch.tensor([[[0.5, 0.9, 0.99, 0.999]], [[0.5, 0.1, 0.01, 0.001]]])
+    per_pixel = -torch.log(torch.tensor([0.5, 0.9, 0.99, 0.999]))
+    assert aggregated_nll(probs, labels).item() == pytest.approx(per_pixel.mean().item(), rel=1e-5)
+    assert aggregated_nll(probs, labels, hard_fraction=0.5).item() == pytest.approx(
+        per_pixel[:2].mean().item(), rel=1e-5)
+
+
+def test_a_few_steps_on_a_fixed_batch_lower_the_loss(small_config, model):
+    clips = [StaticClips(small_config)[i] for i in range(2)]
+    set_train_mode(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    losses = [train_step(model, optimizer, clips, CPU) for _ in range(25)]
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:3]), losses

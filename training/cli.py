@@ -1,0 +1,161 @@
+"""``kmnrt train`` (KMN's two training stages: Hide-and-Seek pre-training, main training on videos) and
+``kmnrt generate-data`` (procedural videos with ground truth in a DAVIS-style tree)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+_EPILOG = """\
+examples:
+  # pre-train the tiny model on procedural images (no data needed), 2000 iterations on the CPU
+  kmnrt train --config tiny --stage pretrain --iterations 2000 --out runs/tiny-pre
+  # main training on a DAVIS-style tree, starting from the pre-trained weights
+  kmnrt train --config tiny --stage main --data DAVIS2017 --init runs/tiny-pre/model.safetensors --out runs/tiny
+  # the paper recipe on a GPU, from STM's released weights
+  kmnrt train --config paper --stage main --data DAVIS2017 --init STM_weights.pth --device cuda --out runs/paper
+  # continue an interrupted run (same options, more or the same --iterations)
+  kmnrt train --config tiny --stage pretrain --resume runs/tiny-pre/train_state.pt --out runs/tiny-pre
+
+writes to --out: model.safetensors (weights, every --checkpoint-every iterations and at the end),
+train_state.pt (for --resume), train_config.json, losses.csv and loss_curve.png.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train KMN: Hide-and-Seek pre-training or main training on videos",
+        description="Train a KMN model with the STM/KMN recipe: each sample is a 3-frame clip; frame A is "
+        "memorised with its mask, B is segmented and memorised with its prediction, C is segmented from {A, B}; "
+        "cross-entropy on B and C; Adam; BatchNorm statistics frozen. --stage pretrain synthesises clips from "
+        "static images (procedural ones unless --data gives JPEGImages/ + Annotations/ image pairs) with KMN's "
+        "Hide-and-Seek (24x24 grid, hiding probability ramped 0 -> 0.5). --stage main samples 3 ordered frames "
+        "of DAVIS-style videos with the max_skip curriculum 0 -> 25. Defaults depend on --config (see "
+        "docs/training.md).",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", choices=("tiny", "lite", "paper"), default="tiny",
+                        help="model size (default: tiny); sets the default crop, batch, lr and iterations")
+    parser.add_argument("--stage", choices=("pretrain", "main"), default="pretrain",
+                        help="pretrain: static images + Hide-and-Seek; main: videos (default: pretrain)")
+    parser.add_argument("--data", type=Path,
+                        help="main: a DAVIS-style tree (JPEGImages/[480p/]<seq>/*.jpg, Annotations/[480p/]<seq>/"
+                        "*.png); pretrain: a folder with JPEGImages/*.jpg and Annotations/*.png index masks "
+                        "(default for pretrain: procedural synthetic images)")
+    parser.add_argument("--iterations", type=int, help="optimizer steps of the stage (default: per config)")
+    parser.add_argument("--batch", type=int, help="clips per step (default: 4)")
+    parser.add_argument("--size", type=int,
+                        help="square crop side in pixels, a multiple of 16 (default: 384; tiny: 192)")
+    parser.add_argument("--lr", type=float,
+                        help="Adam learning rate (default: paper 1e-5, lite 1e-4, tiny 1e-3), poly-decayed")
+    parser.add_argument("--constant-lr", action="store_true", help="no poly decay of the learning rate")
+    parser.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this value")
+    parser.add_argument("--hard-pixels", type=float, default=1.0,
+                        help="average the loss over this fraction of the pixels with the highest loss "
+                        "(bootstrapped cross-entropy, as STCN; default: 1 = plain cross-entropy, the paper)")
+    parser.add_argument("--max-objects", type=int, help="objects per clip at most (default: 3)")
+    parser.add_argument("--motion-fraction", type=float,
+                        help="pretrain on synthetic data: share of clips whose shapes move on their own instead "
+                        "of the static three-affines recipe (default: 0.5)")
+    parser.add_argument("--no-hide-and-seek", action="store_true", help="pretrain without Hide-and-Seek")
+    parser.add_argument("--hide-grid", type=int,
+                        help="Hide-and-Seek grid (cells per side; default 24, one stride-16 feature cell per cell "
+                        "at 384x384; use size/16 to keep that at other crop sizes)")
+    parser.add_argument("--skip-every", type=int,
+                        help="main: grow max_skip by 5 every this many iterations (default: spread 0 -> 25 evenly "
+                        "over the stage)")
+    parser.add_argument("--train-batchnorm", action="store_true",
+                        help="update BatchNorm statistics during training (default: frozen, as STM)")
+    parser.add_argument("--tied-init", action="store_true",
+                        help="without --init: start the memory encoder and key/value as copies of the query "
+                        "side's random weights, so the memory read can match from the first step")
+    parser.add_argument("--init", type=Path,
+                        help="start from these weights: STM_weights.pth (--config paper) or a kmnrt checkpoint")
+    parser.add_argument("--resume", type=Path, help="continue from a train_state.pt of an earlier run")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--checkpoint-every", type=int, default=500,
+                        help="save weights and training state every N iterations (default: 500)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and of every sample (default: 0)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="DataLoader worker processes making clips (default: 0, in the training process)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--threads", type=int, help="PyTorch CPU threads (default: PyTorch's choice)")
+    parser.add_argument("--no-amp", action="store_true", help="on CUDA: train in fp32 (default: fp16 autocast)")
+    parser.add_argument("--log-every", type=int, default=50,
+                        help="write a line to OUT/train.log every N iterations (default: 50)")
+    parser.set_defaults(handler=run_train)
+    register_generate(subparsers)
+
+
+def register_generate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "generate-data",
+        help="write procedural training/test videos with ground-truth masks as a DAVIS-style tree",
+        description="Generate videos of textured shapes that move, spin, scale and occlude each other over "
+        "textured, panning backgrounds, with look-alike distractors, and their index masks: "
+        "OUT/JPEGImages/<seq>/00000.jpg and OUT/Annotations/<seq>/00000.png. The seed fixes every video. "
+        "`kmnrt train --stage main --data OUT` trains on it; `kmnrt track` and `kmnrt eval` read it like DAVIS.",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="folder to create (must not exist)")
+    parser.add_argument("--videos", type=int, default=50, help="number of videos (default: 50)")
+    parser.add_argument("--frames", type=int, default=24, help="frames per video (default: 24)")
+    parser.add_argument("--height", type=int, default=144, help="frame height in pixels (default: 144)")
+    parser.add_argument("--width", type=int, default=256, help="frame width in pixels (default: 256)")
+    parser.add_argument("--max-objects", type=int, default=3, help="labelled objects per video, at most (default: 3)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the whole tree (default: 0)")
+    parser.set_defaults(handler=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from kmnrt.training.videos import VideoConfig, write_video_dataset
+
+    config = VideoConfig(height=args.height, width=args.width, frames=args.frames, max_objects=args.max_objects)
+    print(write_video_dataset(args.out, args.videos, args.seed, config))
+    return 0
+
+
+def config_from_args(args: argparse.Namespace):  # -> TrainConfig (imported lazily)
+    import dataclasses
+
+    from kmnrt.errors import UserInputError
+    from kmnrt.training.config import preset
+
+    config = preset(args.config, args.stage, args.out, iterations=args.iterations, batch=args.batch,
+                    size=args.size, lr=args.lr, seed=args.seed, data=args.data, init=args.init,
+                    resume=args.resume, device=args.device, max_objects=args.max_objects,
+                    checkpoint_every=args.checkpoint_every, workers=args.workers, threads=args.threads,
+                    log_every=args.log_every, amp=not args.no_amp, freeze_batchnorm=not args.train_batchnorm,
+                    tied_init=args.tied_init)
+    optim = dataclasses.replace(config.optim, poly_power=None if args.constant_lr else config.optim.poly_power,
+                                grad_clip=args.grad_clip, hard_pixel_fraction=args.hard_pixels)
+    hide = dataclasses.replace(config.hide_and_seek, enabled=not args.no_hide_and_seek,
+                               grid=config.hide_and_seek.grid if args.hide_grid is None else args.hide_grid)
+    synthetic = config.synthetic
+    if args.motion_fraction is not None:
+        if not 0.0 <= args.motion_fraction <= 1.0:
+            raise UserInputError(f"--motion-fraction must be in [0, 1], got {args.motion_fraction}")
+        synthetic = dataclasses.replace(synthetic, motion_fraction=args.motion_fraction)
+    skip = config.skip
+    if args.skip_every is not None:
+        if args.skip_every < 1:
+            raise UserInputError(f"--skip-every must be at least 1, got {args.skip_every}")
+        skip = dataclasses.replace(skip, every_iterations=args.skip_every)
+    if args.data is not None and not args.data.is_dir():
+        raise UserInputError(f"--data {args.data} is not a folder")
+    if args.init is not None and args.resume is not None:
+        raise UserInputError("--init and --resume exclude each other: a resumed run continues from its own weights")
+    return dataclasses.replace(config, optim=optim, hide_and_seek=hide, synthetic=synthetic, skip=skip)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from kmnrt.training.loop import train
+
+    result = train(config_from_args(args))
+    recent = result.losses[-50:]
+    print(f"trained {result.iterations} iterations in {result.seconds:.0f} s; mean loss of the last "
+          f"{len(recent)}: {sum(recent) / max(len(recent), 1):.4f}", file=sys.stderr)
+    print(result.checkpoint)
+    return 0

@@ -1,0 +1,163 @@
+"""Typed training configuration: one :class:`TrainConfig` per run, built from a preset and explicit overrides.
+
+Presets (:func:`preset`) hold the defaults per model size. ``paper`` follows the STM/KMN recipe (384x384 crops,
+batch 4, Adam 1e-5, which assumes ImageNet- or STM-initialised trunks); ``lite`` and ``tiny`` train from random
+initialisation here, so they use larger learning rates and smaller crops (CPU). Iteration counts are ours: the
+KMN paper's are not known (docs/kmn-model.md §11).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from kmnrt.errors import UserInputError
+from kmnrt.model.config import CONFIGS
+
+Stage = Literal["pretrain", "main"]
+STAGES: tuple[str, ...] = ("pretrain", "main")
+
+
+@dataclass(frozen=True)
+class HideAndSeekConfig:
+    """KMN's Hide-and-Seek: the frame is cut into ``grid`` x ``grid`` cells, each hidden with probability p, p
+    ramping linearly from 0 to ``max_probability`` over ``ramp_iterations`` (None = the whole stage)."""
+
+    enabled: bool = True
+    grid: int = 24
+    max_probability: float = 0.5
+    ramp_iterations: int | None = None
+
+
+@dataclass(frozen=True)
+class AffineRange:
+    """Random affine of the static-image clip synthesis (per frame) and of the motion clips (per object)."""
+
+    rotation_deg: float = 20.0
+    scale: tuple[float, float] = (0.85, 1.15)
+    shear_deg: float = 10.0
+    translate: float = 0.1  # fraction of the crop size
+    colour_jitter: float = 0.1  # brightness/contrast/saturation amplitude; hue gets a third of it
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Procedural images: a textured background, ``objects`` labelled shapes and up to ``max_distractors``
+    unlabelled ones, all occluding each other. ``motion_fraction`` of the clips move every shape on its own
+    (layered synthetic video); the others follow STM's static recipe (one image, three random affines)."""
+
+    min_objects: int = 1
+    max_objects: int = 3
+    max_distractors: int = 2
+    motion_fraction: float = 0.5
+
+
+@dataclass(frozen=True)
+class SkipCurriculum:
+    """Main training's frame gaps: each gap is uniform in [0, max_skip]; max_skip starts at ``start`` and grows by
+    ``step`` every ``every_iterations`` (None = spread the growth evenly over the stage) up to ``end``."""
+
+    start: int = 0
+    end: int = 25
+    step: int = 5
+    every_iterations: int | None = None
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-5
+    poly_power: float | None = 0.9  # lr * (1 - it/total)^power; None = constant
+    weight_decay: float = 0.0
+    grad_clip: float | None = None  # max global gradient norm; None = no clipping
+    hard_pixel_fraction: float = 1.0  # < 1: bootstrapped cross-entropy over the hardest pixels (STCN); 1 = paper
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs. ``data`` is a DAVIS-style tree (main) or an image folder (pretrain;
+    None = the synthetic generator); ``init`` a checkpoint to start from; ``resume`` a training-state file."""
+
+    model: str
+    stage: Stage
+    out: Path
+    iterations: int
+    batch: int
+    size: int
+    seed: int = 0
+    data: Path | None = None
+    init: Path | None = None
+    resume: Path | None = None
+    device: str = "cpu"
+    max_objects: int = 3
+    freeze_batchnorm: bool = True
+    tied_init: bool = False  # from random init: start the memory encoder/key as copies of the query side's
+    checkpoint_every: int = 500
+    log_every: int = 50  # iterations between lines of train.log
+    workers: int = 0
+    threads: int | None = None  # torch intra-op threads; None = PyTorch's default
+    amp: bool = True  # fp16 autocast on CUDA (ignored on the CPU)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    hide_and_seek: HideAndSeekConfig = field(default_factory=HideAndSeekConfig)
+    augment: AffineRange = field(default_factory=AffineRange)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    skip: SkipCurriculum = field(default_factory=SkipCurriculum)
+
+    def __post_init__(self) -> None:
+        if self.model not in CONFIGS:
+            raise UserInputError(f"unknown model config {self.model!r}: choose one of {', '.join(CONFIGS)}")
+        if self.stage not in STAGES:
+            raise UserInputError(f"unknown stage {self.stage!r}: choose 'pretrain' or 'main'")
+        for name in ("iterations", "batch", "checkpoint_every", "log_every", "max_objects"):
+            if getattr(self, name) < 1:
+                raise UserInputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.size < 32 or self.size % 16:
+            raise UserInputError(f"--size must be a multiple of 16 and at least 32 (the network's stride is 16), "
+                                 f"got {self.size}")
+        if not self.optim.lr > 0:
+            raise UserInputError(f"--lr must be positive, got {self.optim.lr}")
+        if not 0 < self.optim.hard_pixel_fraction <= 1:
+            raise UserInputError(f"--hard-pixels must be in (0, 1], got {self.optim.hard_pixel_fraction}")
+        if self.workers < 0:
+            raise UserInputError(f"--workers must be 0 or more, got {self.workers}")
+        if self.threads is not None and self.threads < 1:
+            raise UserInputError(f"--threads must be at least 1, got {self.threads}")
+        if self.hide_and_seek.grid < 1 or not 0 <= self.hide_and_seek.max_probability <= 1:
+            raise UserInputError(f"Hide-and-Seek needs a grid of at least 1 cell and a probability in [0, 1], "
+                                 f"got grid {self.hide_and_seek.grid}, p {self.hide_and_seek.max_probability}")
+
+    def to_dict(self) -> dict:
+        """JSON-ready: paths as strings."""
+        return json_ready(dataclasses.asdict(self))
+
+
+def json_ready(value: object) -> object:
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    return str(value) if isinstance(value, Path) else value
+
+
+# Per model size: crop size, batch, learning rate, iterations of each stage. The paper's crop/batch/lr; our counts.
+_PRESETS: dict[str, dict[str, int | float]] = {
+    "paper": {"size": 384, "batch": 4, "lr": 1e-5, "pretrain": 100_000, "main": 100_000},
+    "lite": {"size": 384, "batch": 4, "lr": 1e-4, "pretrain": 100_000, "main": 100_000},
+    "tiny": {"size": 192, "batch": 4, "lr": 1e-3, "pretrain": 4_000, "main": 4_000},
+}
+
+
+def preset(model: str, stage: Stage, out: Path, **overrides: object) -> TrainConfig:
+    """The default :class:`TrainConfig` of a model size and stage; ``overrides`` replace fields (``lr`` goes to
+    ``optim.lr``; ``None`` values are ignored, so CLI options left unset keep the preset)."""
+    if model not in _PRESETS:
+        raise UserInputError(f"unknown model config {model!r}: choose one of {', '.join(_PRESETS)}")
+    if stage not in STAGES:
+        raise UserInputError(f"unknown stage {stage!r}: choose 'pretrain' or 'main'")
+    values = _PRESETS[model]
+    given = {key: value for key, value in overrides.items() if value is not None}
+    optim = OptimConfig(lr=float(given.pop("lr", values["lr"])))
+    fields = {"size": int(values["size"]), "batch": int(values["batch"]), "iterations": int(values[stage])}
+    fields.update(given)
+    return TrainConfig(model=model, stage=stage, out=Path(out), optim=optim, **fields)  # type: ignore[arg-type]

@@ -1,0 +1,156 @@
+"""Training data as map-style datasets: sample ``i`` of a run is drawn from a generator seeded by (seed, i).
+
+So a run is reproducible, a resumed run sees exactly the samples it would have seen, and DataLoader workers need
+no shared random state. Sample i belongs to iteration ``i // batch``, which sets the schedule-dependent parts:
+the Hide-and-Seek probability (pre-training) and the max_skip curriculum (main training).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from kmnrt.errors import UserInputError
+from kmnrt.training.augment import random_resize_crop, maybe_flip
+from kmnrt.training.clips import CLIP_LENGTH, Clip, finish_clip, motion_clip, static_clip
+from kmnrt.training.config import SkipCurriculum, TrainConfig
+from kmnrt.training.hide_and_seek import hide_probability
+from kmnrt.training.synthetic import random_scene, render
+
+MAX_ATTEMPTS = 50  # redraws when an augmentation leaves no object in the first frame
+
+
+@dataclass(frozen=True)
+class VideoSequence:
+    """Frames and masks of one training video, in temporal order, restricted to frames that have both."""
+
+    name: str
+    frames: tuple[Path, ...]
+    masks: tuple[Path, ...]
+
+
+def find_image_pairs(root: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
+    """Static-image data: ``root/JPEGImages/<name>.jpg`` with ``root/Annotations/<name>.png`` (index masks)."""
+    root = Path(root)
+    images_dir, masks_dir = root / "JPEGImages", root / "Annotations"
+    if not images_dir.is_dir() or not masks_dir.is_dir():
+        raise UserInputError(f"image folder {root} needs JPEGImages/ (images) and Annotations/ (index-mask PNGs) "
+                             "side by side; omit --data to pre-train on synthetic images")
+    masks = {path.stem: path for path in masks_dir.glob("*.png")}
+    pairs = [(path, masks[path.stem]) for path in sorted(images_dir.iterdir())
+             if path.suffix.lower() in (".jpg", ".jpeg", ".png") and path.stem in masks]
+    if not pairs:
+        raise UserInputError(f"no image in {images_dir} has a mask of the same name in {masks_dir}")
+    return pairs
+
+
+def find_video_sequences(root: str | os.PathLike[str]) -> list[VideoSequence]:
+    """Main-training data: a DAVIS-style tree (see :func:`kmnrt.data.find_sequences`); sequences with fewer than
+    three annotated frames are skipped."""
+    from kmnrt.data import find_sequences, open_sequence_frames
+
+    sequences = []
+    for sequence in find_sequences(root):
+        if sequence.frames_dir is None or sequence.annotations_dir is None:
+            continue
+        frames = {path.stem: path for path in open_sequence_frames(sequence).paths}
+        names = [name for name in sequence.annotation_names if name in frames]
+        if len(names) >= CLIP_LENGTH:
+            sequences.append(VideoSequence(sequence.name, tuple(frames[n] for n in names),
+                                           tuple(sequence.annotation_path(n) for n in names)))
+    if not sequences:
+        raise UserInputError(f"no sequence in {root} has {CLIP_LENGTH} or more frames with both an image "
+                             "(JPEGImages/<seq>/) and a mask (Annotations/<seq>/); main training needs videos")
+    return sequences
+
+
+def max_skip_at(iteration: int, skip: SkipCurriculum, iterations: int) -> int:
+    """The curriculum: ``start`` + ``step`` per ``every_iterations``, capped at ``end``."""
+    levels = max(1, (skip.end - skip.start) // max(skip.step, 1) + 1)
+    every = skip.every_iterations or max(1, iterations // levels)
+    return min(skip.end, skip.start + skip.step * (iteration // every))
+
+
+class _IndexedClips(Dataset):
+    def __init__(self, config: TrainConfig):
+        self.config = config
+
+    def __len__(self) -> int:
+        return self.config.iterations * self.config.batch
+
+    def __getitem__(self, index: int) -> Clip:
+        rng = np.random.default_rng([self.config.seed, index])
+        iteration = index // self.config.batch
+        for _ in range(MAX_ATTEMPTS):
+            clip = self.draw(rng, iteration)
+            if clip is not None:
+                return clip
+        raise UserInputError(f"sample {index}: no object survived the augmentation in {MAX_ATTEMPTS} attempts; "
+                             "are the masks empty, or the objects tiny?")
+
+    def draw(self, rng: np.random.Generator, iteration: int) -> Clip | None:
+        raise NotImplementedError
+
+
+class StaticClips(_IndexedClips):
+    """Pre-training clips with Hide-and-Seek: procedural scenes (``pairs`` None) or the user's image/mask pairs."""
+
+    def __init__(self, config: TrainConfig, pairs: list[tuple[Path, Path]] | None = None):
+        super().__init__(config)
+        self.pairs = pairs
+
+    def draw(self, rng: np.random.Generator, iteration: int) -> Clip | None:
+        config, size = self.config, self.config.size
+        hide = config.hide_and_seek
+        probability = hide_probability(iteration, hide.ramp_iterations or config.iterations, hide.max_probability)
+        if self.pairs is None:
+            scene = random_scene(rng, (size, size), config.synthetic)
+            if rng.random() < config.synthetic.motion_fraction:
+                frames, masks = motion_clip(rng, scene, size, config.augment)
+            else:
+                frames, masks = static_clip(rng, *render(scene, (size, size)), size, config.augment)
+        else:
+            from kmnrt.data import read_image, read_label_png
+
+            image_path, mask_path = self.pairs[int(rng.integers(len(self.pairs)))]
+            image, mask = read_image(image_path), read_label_png(mask_path)
+            if image.shape[:2] != mask.shape:
+                raise UserInputError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} "
+                                     f"is {image.shape[1]}x{image.shape[0]}; they must have the same size")
+            frames, masks = static_clip(rng, image, mask, size, config.augment)
+        return finish_clip(rng, frames, masks, config.max_objects, hide, probability)
+
+
+class VideoClips(_IndexedClips):
+    """Main-training clips: three temporally ordered frames of one video, gaps uniform in [0, max_skip]."""
+
+    def __init__(self, config: TrainConfig, sequences: list[VideoSequence]):
+        super().__init__(config)
+        self.sequences = sequences
+
+    def frame_indices(self, rng: np.random.Generator, length: int, max_skip: int) -> list[int]:
+        """Three ordered indices into a video of ``length`` frames; a gap of g skips g frames."""
+        gaps = rng.integers(0, max_skip + 1, 2)
+        span = min(int(gaps.sum()) + 2, length - 1)
+        start = int(rng.integers(0, length - span))
+        middle = start + 1 + min(int(gaps[0]), span - 2)
+        return [start, middle, start + span]
+
+    def draw(self, rng: np.random.Generator, iteration: int) -> Clip | None:
+        from kmnrt.data import read_image, read_label_png
+
+        sequence = self.sequences[int(rng.integers(len(self.sequences)))]
+        max_skip = max_skip_at(iteration, self.config.skip, self.config.iterations)
+        indices = self.frame_indices(rng, len(sequence.frames), max_skip)
+        frames = [read_image(sequence.frames[i]) for i in indices]
+        masks = [read_label_png(sequence.masks[i]) for i in indices]
+        for i, frame, mask in zip(indices, frames, masks):
+            if frame.shape[:2] != mask.shape:
+                raise UserInputError(f"mask {sequence.masks[i]} and frame {sequence.frames[i]} differ in size")
+        frames, masks = random_resize_crop(rng, frames, masks, self.config.size)
+        frames, masks = maybe_flip(rng, frames, masks)
+        return finish_clip(rng, frames, masks, self.config.max_objects)

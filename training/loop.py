@@ -1,0 +1,222 @@
+"""The training loop: data, optimiser, schedule, progress, checkpoints, resumable state and the loss curve.
+
+Files written to ``config.out`` (all atomically):
+
+- ``model.safetensors``: the weights (:func:`kmnrt.model.checkpoint.save_checkpoint`), every
+  ``checkpoint_every`` iterations and at the end; load with ``load_model(get_config(name), path)``;
+- ``train_state.pt``: weights, optimiser state, iteration, seed and loss history, tensors and primitives only
+  (``torch.load(..., weights_only=True)`` reads it); ``--resume`` continues from it;
+- ``train_config.json`` (the run's configuration), ``losses.csv`` and ``loss_curve.png`` at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from kmnrt.errors import CheckpointError, UserInputError
+from kmnrt.model.checkpoint import load_state_into, read_checkpoint, save_checkpoint
+from kmnrt.model.config import get_config
+from kmnrt.model.kmn import KMN, build_model
+from kmnrt.training.config import TrainConfig
+from kmnrt.training.datasets import StaticClips, VideoClips, find_image_pairs, find_video_sequences
+from kmnrt.training.plots import plot_loss_curve
+from kmnrt.training.step import set_train_mode, train_step
+
+STATE_FORMAT = "kmnrt-train-state-v1"
+CHECKPOINT_NAME = "model.safetensors"
+STATE_NAME = "train_state.pt"
+LOG_NAME = "train.log"
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    state: Path
+    loss_curve: Path
+    iterations: int      # the iteration count reached (the run's total)
+    losses: list[float]  # one mean batch loss per iteration, from iteration 0 (resumed runs included)
+    seconds: float       # wall time of this invocation
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserInputError("--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
+    if name not in ("cpu", "cuda"):
+        raise UserInputError(f"unknown device {name!r}: choose cpu or cuda")
+    return torch.device(name)
+
+
+def learning_rate(config: TrainConfig, iteration: int) -> float:
+    """Adam's learning rate at ``iteration``: constant, or poly decay to 0 at the end of the stage."""
+    power = config.optim.poly_power
+    if power is None:
+        return config.optim.lr
+    return config.optim.lr * (1.0 - iteration / config.iterations) ** power
+
+
+def build_dataset(config: TrainConfig) -> StaticClips | VideoClips:
+    if config.stage == "main":
+        if config.data is None:
+            raise UserInputError("--stage main trains on videos: give --data DIR, a DAVIS-style tree "
+                                 "(JPEGImages/<seq>/*.jpg and Annotations/<seq>/*.png)")
+        return VideoClips(config, find_video_sequences(config.data))
+    return StaticClips(config, find_image_pairs(config.data) if config.data is not None else None)
+
+
+def initialise(model: KMN, path: Path) -> None:
+    """Load starting weights (STM's .pth or a kmnrt checkpoint, e.g. a pre-training stage) into ``model``."""
+    state, stored_config = read_checkpoint(path)
+    if stored_config is not None and stored_config != model.config:
+        raise CheckpointError(f"--init {path} was saved for config '{stored_config.name}', not "
+                              f"'{model.config.name}': pass --config {stored_config.name}")
+    load_state_into(model, state, source=f"--init checkpoint {path}")
+
+
+def tie_memory_to_query(model: KMN, mask_scale: float = 1.0) -> None:
+    """Start the memory side as a copy of the query side: the memory encoder's trunk (conv1, bn1, res2..res4)
+    gets the query encoder's weights and ``memory_kv`` gets ``query_kv``'s, so that, from random initialisation,
+    memory and query keys of the same content start out alike and the attention can match from the first step.
+    (STM starts both trunks from the same ImageNet weights, which gives it this for free.) The mask inputs
+    (``conv1_m``, ``conv1_o``) are multiplied by ``mask_scale``. Only the starting point is shared."""
+    memory_state = model.memory_encoder.state_dict()
+    shared = {k: v for k, v in model.query_encoder.state_dict().items() if k in memory_state}
+    model.memory_encoder.load_state_dict(shared, strict=False)
+    model.memory_kv.load_state_dict(model.query_kv.state_dict())
+    with torch.no_grad():
+        model.memory_encoder.conv1_m.weight.mul_(mask_scale)
+        model.memory_encoder.conv1_o.weight.mul_(mask_scale)
+
+
+def save_state(path: Path, model: KMN, optimizer: torch.optim.Optimizer, config: TrainConfig, iteration: int,
+               losses: list[float], scaler: torch.amp.GradScaler | None = None) -> None:
+    state = {
+        "format": STATE_FORMAT, "model_config": config.model, "stage": config.stage, "seed": config.seed,
+        "iteration": iteration, "iterations": config.iterations,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(), "losses": torch.tensor(losses, dtype=torch.float64),
+    }
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_state(path: Path, config: TrainConfig) -> dict:
+    """Read a training-state file and check that it belongs to this kind of run."""
+    if not path.is_file():
+        raise UserInputError(f"--resume {path} does not exist; give the {STATE_NAME} of an earlier run")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for foreign or damaged files
+        raise UserInputError(f"--resume {path} is not a kmnrt training state: {str(exc).splitlines()[0]}") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise UserInputError(f"--resume {path} is not a kmnrt training state ({STATE_FORMAT})")
+    if state["model_config"] != config.model or state["stage"] != config.stage:
+        raise UserInputError(f"--resume {path} is a '{state['model_config']}' {state['stage']} run; pass "
+                             f"--config {state['model_config']} --stage {state['stage']}")
+    if state["iteration"] >= config.iterations:
+        raise UserInputError(f"--resume {path} already reached iteration {state['iteration']}; ask for more "
+                             f"with --iterations (now {config.iterations})")
+    return state
+
+
+def train(config: TrainConfig, progress: bool = True) -> TrainResult:
+    """Run one training stage as configured; see the module docstring for what lands in ``config.out``."""
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    model = build_model(get_config(config.model), seed=config.seed)
+    resumed = load_state(config.resume, config) if config.resume is not None else None
+    if resumed is not None:
+        config = dataclasses.replace(config, seed=int(resumed["seed"]))  # the same samples as the original run
+        load_state_into(model, resumed["model"], source=f"--resume {config.resume}")
+    elif config.init is not None:
+        initialise(model, config.init)
+    elif config.tied_init:
+        tie_memory_to_query(model)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if config.amp and device.type == "cuda" else None
+    start, losses = 0, []
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        start, losses = int(resumed["iteration"]), [float(x) for x in resumed["losses"]]
+        if scaler is not None and "scaler" in resumed:
+            scaler.load_state_dict(resumed["scaler"])
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_text(out / "train_config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    dataset = build_dataset(config)
+    loader = DataLoader(dataset, batch_size=config.batch, sampler=range(start * config.batch, len(dataset)),
+                        collate_fn=list, num_workers=config.workers)
+    checkpoint, state_path = out / CHECKPOINT_NAME, out / STATE_NAME
+    log = TrainLog(out / LOG_NAME, config, start)
+    set_train_mode(model, config.freeze_batchnorm)
+    bar = tqdm(total=config.iterations, initial=start, desc=f"train {config.model} {config.stage}",
+               unit="it", file=sys.stderr, dynamic_ncols=True, disable=not progress)
+    iteration = start
+    for iteration, clips in enumerate(loader, start):
+        lr = learning_rate(config, iteration)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        losses.append(train_step(model, optimizer, clips, device, config.optim.grad_clip, scaler,
+                                 config.optim.hard_pixel_fraction))
+        recent = losses[-50:]
+        bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{lr:.2e}", refresh=False)
+        bar.update(1)
+        done = iteration + 1
+        if done % config.log_every == 0 or done == config.iterations:
+            log.write(done, losses, lr)
+        if done % config.checkpoint_every == 0 or done == config.iterations:
+            save_checkpoint(model, checkpoint)
+            save_state(state_path, model, optimizer, config, done, losses, scaler)
+    bar.close()
+    model.eval()
+    _write_text(out / "losses.csv", "iteration,loss\n" + "".join(f"{i},{v:.6f}\n" for i, v in enumerate(losses)))
+    curve = plot_loss_curve(losses, out / "loss_curve.png", title=f"{config.model} {config.stage}")
+    return TrainResult(checkpoint, state_path, curve, config.iterations, losses, time.perf_counter() - started)
+
+
+class TrainLog:
+    """``train.log``: one line per ``log_every`` iterations (mean loss since the last line, lr, seconds per
+    iteration), appended and flushed, so a background run can be watched with ``tail -f``."""
+
+    def __init__(self, path: Path, config: TrainConfig, start: int):
+        self.path, self.last, self.clock = path, start, time.perf_counter()
+        self._append(f"# {config.model} {config.stage}: iterations {start} -> {config.iterations}, "
+                     f"batch {config.batch}, size {config.size}, seed {config.seed}, device {config.device}\n")
+
+    def write(self, done: int, losses: list[float], lr: float) -> None:
+        now = time.perf_counter()
+        window = losses[self.last:done]
+        seconds = (now - self.clock) / max(done - self.last, 1)
+        self._append(f"{time.strftime('%H:%M:%S')} it {done} loss {sum(window) / max(len(window), 1):.4f} "
+                     f"lr {lr:.2e} {seconds:.2f} s/it\n")
+        self.last, self.clock = done, now
+
+    def _append(self, text: str) -> None:
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(text)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,70 @@
+"""Score trained weights the way a user would see them: the reference tracker over DAVIS sequences, then the
+official J&F (:mod:`kmnrt.evaluation`). Used to report the embedded weights (docs/default-model.md).
+
+    python -m kmnrt.training.scoring --config tiny --checkpoint model/weights/tiny_synthetic.safetensors \
+        --data ../shared/data/vos --out /tmp/scores
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from kmnrt.evaluation.results import EvaluationResult
+from kmnrt.model.kmn import KMN
+from kmnrt.model.reference import TrackerConfig
+
+
+def track_and_score(model: KMN, data: str | os.PathLike[str], predictions: str | os.PathLike[str],
+                    tracker: TrackerConfig = TrackerConfig(mem_every=5), progress: bool = True) -> EvaluationResult:
+    """Track every sequence of ``data`` from its first annotation, write the masks to
+    ``predictions/<sequence>/<frame>.png`` and evaluate them against the annotations (J&F)."""
+    from tqdm import tqdm
+
+    from kmnrt.data import find_sequences, open_sequence_frames, read_annotation, write_label_png
+    from kmnrt.evaluation import evaluate_folders
+    from kmnrt.model.reference import ReferenceTracker
+
+    sequences = find_sequences(data)
+    runner = ReferenceTracker(model, tracker)
+    for sequence in sequences:
+        source = open_sequence_frames(sequence)
+        first_mask = read_annotation(sequence, sequence.annotation_names[0])
+        folder = Path(predictions) / sequence.name
+        folder.mkdir(parents=True, exist_ok=True)
+        frames = (frame for _, frame in source)
+        results = runner.track(frames, first_mask)
+        for name, result in tqdm(zip(source.names, results), total=len(source), desc=sequence.name,
+                                 unit="frame", file=sys.stderr, disable=not progress):
+            write_label_png(folder / f"{name}.png", result.labels)
+    return evaluate_folders(data, predictions, progress=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from kmnrt.model.checkpoint import load_model
+    from kmnrt.model.config import ReadConfig, get_config
+    from kmnrt.model.kmn import build_model
+
+    parser = argparse.ArgumentParser(prog="python -m kmnrt.training.scoring", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="tiny", help="model config (default: tiny)")
+    parser.add_argument("--checkpoint", type=Path, help="weights (default: seeded random weights)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
+    parser.add_argument("--read", choices=("kmn", "stm"), default="kmn", help="memory read (default: kmn)")
+    parser.add_argument("--mem-every", type=int, default=5, help="memory interval (default: 5)")
+    parser.add_argument("--data", type=Path, required=True, help="DAVIS-style sequences with annotations")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the predicted masks")
+    args = parser.parse_args(argv)
+    config, read = get_config(args.config), ReadConfig(kind=args.read)
+    model = (load_model(config, args.checkpoint, read) if args.checkpoint is not None
+             else build_model(config, read, seed=args.seed))
+    result = track_and_score(model, args.data, args.out, TrackerConfig(mem_every=args.mem_every))
+    print(result.format_table())
+    result.write_json(args.out / "scores.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
