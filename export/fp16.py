@@ -3,7 +3,7 @@
 The fp32 graphs are converted with onnxconverter-common's ``convert_float_to_float16`` with ``keep_io_types``:
 every graph keeps float32 inputs and outputs (casts sit inside the graph), so a runtime feeds fp16 and fp32 bundles
 identically and the bank stays fp32. Two things stay fp32 inside converted graphs: the decoder's soft aggregation
-(its clamp at 1 - 1e-7 is 1.0 in fp16, and the logit of 1 is infinite) and anything the read computes (the whole
+(its logit clamp at +-16.1 and the background's log(1 - e^x) lose all precision in fp16) and anything the read computes (the whole
 read graph is kept fp32, ``GraphSpec.keep_fp32``).
 
 Parity is measured end to end against the fp32 PyTorch model on the verification scene: the four fp16-bundle
@@ -69,14 +69,14 @@ def _cast_outputs_to_fp32(model) -> None:
         output.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
 
 
-def _split_at_first_softmax(model, folder: Path):
-    """-> (head, tail): the graph up to the input of its first Softmax, and the rest. The decoder's tail is the
-    two-class softmax and the soft aggregation, which must stay fp32 (the converter's node block list does not
-    help: it casts every blocked node's output back to fp16 and converts the clamp constants anyway)."""
+def _split_before_aggregation(model, folder: Path):
+    """-> (head, tail, seam): the graph up to its last Resize (the x4 upsampling of the two-class logits), and the
+    rest. The decoder's tail is the soft aggregation, which must stay fp32 (the converter's node block list does
+    not help: it casts every blocked node's output back to fp16 and converts the clamp constants anyway)."""
     import onnx
 
-    softmax = next(n for n in model.graph.node if n.op_type == "Softmax")
-    seam = softmax.input[0]
+    resize = [n for n in model.graph.node if n.op_type == "Resize"][-1]
+    seam = resize.output[0]
     source = folder / ".split-source.onnx"
     onnx.save_model(onnx.shape_inference.infer_shapes(model), str(source))
     head_path, tail_path = folder / ".split-head.onnx", folder / ".split-tail.onnx"
@@ -96,7 +96,7 @@ def convert_graph(source: Path, destination: Path, spec: GraphSpec) -> int:
 
     model = onnx.load(str(source))
     if spec.name == "decoder":
-        head, tail, seam = _split_at_first_softmax(model, destination.parent)
+        head, tail, seam = _split_before_aggregation(model, destination.parent)
         tail = onnx.compose.add_prefix(tail, "fp32_")  # no name clashes with the head's tensors
         for output in tail.graph.output:  # ... except that the graph outputs keep their names
             prefixed, output.name = output.name, output.name.removeprefix("fp32_")
@@ -123,7 +123,7 @@ def convert_bundle_graphs(specs: tuple[GraphSpec, ...], fp32_folder: Path, folde
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "the float32 number 1e-07 will be truncated": expected for the clamp
+        warnings.simplefilter("ignore")  # "the float32 number ... will be truncated": expected for tiny weights
         nodes = {}
         for spec in specs:
             source, destination = fp32_folder / f"{spec.name}.onnx", folder / f"{spec.name}.onnx"

@@ -67,7 +67,7 @@ def soft_probs(height: int, width: int, objects: int, frame_index: int) -> Tenso
         cy = 0.3 + 0.4 * ((i * 0.37 + 0.05 * frame_index) % 1.0)
         cx = 0.2 + 0.6 * ((i * 0.61 + 0.03 * frame_index) % 1.0)
         distance = ((y - cy) / 0.18) ** 2 + ((x - cx) / 0.12) ** 2
-        blobs.append(torch.sigmoid(6.0 * (1.0 - distance)))   # soft edge around the ellipse
+        blobs.append(6.0 * (1.0 - distance))   # logit: a soft edge around the ellipse
     return soft_aggregate(torch.stack(blobs))
 
 

@@ -5,7 +5,7 @@ B in 1..max batch; the "opt" point is N = min(2, max), T = max memory (a full ba
 Precision:
 - fp32 bundles build fp32 plans (TF32 disabled so the plan computes what ORT verified).
 - fp16 bundles on TensorRT 10: weakly typed network with the FP16 builder flag; the read graph gets no FP16 flag at
-  all, and in the decoder every layer from the first softmax on is constrained to fp32
+  all, and in the decoder every layer of the soft aggregation (after the logits' last resize) is constrained to fp32
   (``OBEY_PRECISION_CONSTRAINTS``).
 - TensorRT 11 removed the precision flags: the fp16 ONNX graphs already carry their types (fp16 convolutions, fp32
   read and aggregation), so they are parsed into a strongly typed network.
@@ -72,15 +72,14 @@ def _strongly_typed(trt) -> bool:
 
 
 def _constrain_fp32(trt, network, spec) -> None:
-    """Weakly typed fp16 builds: the read stays fp32 by getting no FP16 flag; in the decoder, the softmax and the
-    soft aggregation after it are pinned to fp32."""
+    """Weakly typed fp16 builds: the read stays fp32 by getting no FP16 flag; in the decoder, the soft aggregation
+    (every layer after the last resize, the x4 upsampling of the logits) is pinned to fp32."""
     if spec.name != "decoder":
         return
-    pinned = False
-    for index in range(network.num_layers):
-        layer = network.get_layer(index)
-        pinned = pinned or layer.type == trt.LayerType.SOFTMAX
-        if pinned and layer.type not in (trt.LayerType.CONSTANT, trt.LayerType.SHAPE):
+    layers = [network.get_layer(index) for index in range(network.num_layers)]
+    last_resize = max(i for i, layer in enumerate(layers) if layer.type == trt.LayerType.RESIZE)
+    for layer in layers[last_resize + 1:]:
+        if layer.type not in (trt.LayerType.CONSTANT, trt.LayerType.SHAPE):
             layer.precision = trt.float32
             for output in range(layer.num_outputs):
                 if layer.get_output_type(output) in (trt.float16, trt.float32):

@@ -6,11 +6,14 @@ refinement module (convFS + ResFS) runs once at batch 1 and broadcasts: the same
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 PROBABILITY_CLAMP = 1e-7  # STM/RGMP soft aggregation clamps probabilities to [eps, 1 - eps] before the logit
+LOGIT_CLAMP = math.log((1.0 - PROBABILITY_CLAMP) / PROBABILITY_CLAMP)  # the same clamp in logit space
 
 
 class ResBlock(nn.Module):
@@ -60,13 +63,22 @@ class Decoder(nn.Module):
         return F.interpolate(logits, scale_factor=4.0, mode="bilinear", align_corners=False)
 
 
-def soft_aggregate(foreground: Tensor) -> Tensor:
-    """Per-object foreground probabilities [N, H, W] -> probabilities [N+1, H, W], background first, summing to 1.
+def soft_aggregate(object_logits: Tensor) -> Tensor:
+    """Per-object foreground logits [N, H, W] -> probabilities [N+1, H, W], background first, summing to 1.
 
-    Background = prod(1 - p_i); every channel is clamped and turned into a logit, then softmax across channels
-    (RGMP/STM). Written with cat, not slice assignment, so the exported graph has no Scatter ops.
+    STM/RGMP's soft aggregation: with p_i = sigmoid(l_i), background = prod(1 - p_i); every channel is clamped to
+    [eps, 1 - eps], turned into a logit and softmaxed across channels. Computed in logit space, which is the same
+    function: in probability space fp32 rounds p_i to 1.0 from l_i ~ 16.6 on, right at the clamp, so confident
+    objects lose their ranking (the fp32 model was 0.13 away from its own fp64 result; here it is ~1e-6).
+    Written with cat and elementwise ops only (no Scatter, Softplus or Expm1 in the exported graph).
     """
-    background = torch.prod(1.0 - foreground, dim=0, keepdim=True)
-    probs = torch.cat([background, foreground], dim=0).clamp(PROBABILITY_CLAMP, 1.0 - PROBABILITY_CLAMP)
-    logits = torch.log(probs / (1.0 - probs))
+    log_background = -_softplus(object_logits).sum(dim=0, keepdim=True)       # log prod(1 - p_i)
+    # logit(b) = log b - log(1 - b); when every p_i underflows, log(0) gives +inf and the clamp takes it.
+    background_logit = log_background - torch.log(1.0 - torch.exp(log_background))
+    logits = torch.cat([background_logit, object_logits], dim=0).clamp(-LOGIT_CLAMP, LOGIT_CLAMP)
     return torch.softmax(logits, dim=0)
+
+
+def _softplus(x: Tensor) -> Tensor:
+    """log(1 + e^x) without overflow for large x (ONNX's Softplus has no such guarantee)."""
+    return F.relu(x) + torch.log(1.0 + torch.exp(-x.abs()))

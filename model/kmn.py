@@ -71,8 +71,8 @@ class KMN(nn.Module):
 
     def decode(self, read: Tensor, query: QueryFeatures) -> Tensor:
         """read [N, Cv, h, w] -> soft-aggregated probabilities [N+1, H, W], background first."""
-        foreground = torch.softmax(self.decode_logits(read, query), dim=1)[:, 1]
-        return soft_aggregate(foreground)
+        logits = self.decode_logits(read, query)
+        return soft_aggregate(logits[:, 1] - logits[:, 0])    # = logit of softmax(logits)[:, 1]
 
     def segment(self, frame: Tensor, memory_key: Tensor, memory_value: Tensor,
                 memory_valid: Tensor | None = None) -> Tensor:
