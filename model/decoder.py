@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 PROBABILITY_CLAMP = 1e-7  # STM/RGMP soft aggregation clamps probabilities to [eps, 1 - eps] before the logit
 LOGIT_CLAMP = math.log((1.0 - PROBABILITY_CLAMP) / PROBABILITY_CLAMP)  # the same clamp in logit space
+LOG_BACKGROUND_CAP = math.log1p(-PROBABILITY_CLAMP)
 
 
 class ResBlock(nn.Module):
@@ -73,7 +74,9 @@ def soft_aggregate(object_logits: Tensor) -> Tensor:
     Written with cat and elementwise ops only (no Scatter, Softplus or Expm1 in the exported graph).
     """
     log_background = -_softplus(object_logits).sum(dim=0, keepdim=True)       # log prod(1 - p_i)
-    # logit(b) = log b - log(1 - b); when every p_i underflows, log(0) gives +inf and the clamp takes it.
+    # logit(b) = log b - log(1 - b). Capping b at 1 - eps first, where the final clamp would cut it anyway, keeps
+    # log(1 - b) finite: an infinite value there would make training's gradients NaN even behind the clamp.
+    log_background = log_background.clamp(max=LOG_BACKGROUND_CAP)
     background_logit = log_background - torch.log(1.0 - torch.exp(log_background))
     logits = torch.cat([background_logit, object_logits], dim=0).clamp(-LOGIT_CLAMP, LOGIT_CLAMP)
     return torch.softmax(logits, dim=0)

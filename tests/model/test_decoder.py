@@ -36,3 +36,12 @@ def test_extreme_logits_give_finite_probabilities_that_sum_to_one():
     assert torch.isfinite(probs).all()
     torch.testing.assert_close(probs.sum(0), torch.ones(5, 1))
     assert probs[0, 0, 0] > 0.99 and probs[0, 4, 0] < 1e-6     # all objects absent / present
+
+
+def test_gradients_are_finite_everywhere():
+    """Training backpropagates through the aggregation: saturated pixels (all objects absent or present) must give
+    finite, not NaN, gradients."""
+    logits = torch.tensor([[-200.0, -30.0, 0.0, 30.0, 200.0], [-200.0, -200.0, 5.0, 30.0, 200.0]])[..., None]
+    logits.requires_grad_(True)
+    torch.log(soft_aggregate(logits)).sum().backward()
+    assert torch.isfinite(logits.grad).all()
