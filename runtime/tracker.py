@@ -124,9 +124,22 @@ class Tracker:
 
     def session_bytes(self) -> int:
         """Device bytes one session takes (bank + workspace, preallocated for the maximum objects and memory):
-        what a service budgets per session. ``step_batch`` adds tracker-wide buffers for B frames' features."""
+        what a service budgets per session. ``step_batch`` adds tracker-wide buffers: :meth:`batch_bytes`."""
         state = self._allocate("meta")  # shapes only: nothing is allocated
         return state.bank.nbytes + state.workspace.nbytes
+
+    def batch_bytes(self, batch: int) -> int:
+        """Device bytes of the tracker-wide query-encoder buffers (frames in, features out) that ``step_batch``
+        grows to hold ``batch`` sessions' frames; 0 for one session, whose own workspace is used. Shared by all
+        sessions, so a service budgets them once, for its largest batch (engines' internal workspace excluded)."""
+        if batch <= 1:
+            return 0
+        return sum(t.numel() * t.element_size() for t in self._batch_buffers(batch, "meta").values())
+
+    def _batch_buffers(self, batch: int, device: torch.device | str) -> dict[str, Tensor]:
+        spec = self.graphs["query_encoder"]
+        return {s.name: torch.zeros(s.concrete({"B": batch}), dtype=torch.float32, device=device)
+                for s in spec.inputs + spec.outputs}
 
     def start(self, first_frame: np.ndarray | Tensor, mask: np.ndarray | Tensor,
               object_ids: list[int] | None = None) -> SessionState:
@@ -279,8 +292,7 @@ class Tracker:
         batch = len(states)
         spec = self.graphs["query_encoder"]
         if not self._batch or self._batch["frame"].shape[0] < batch:
-            self._batch = {s.name: torch.zeros(s.concrete({"B": batch}), device=self.device)
-                           for s in spec.inputs + spec.outputs}
+            self._batch = self._batch_buffers(batch, self.device)  # what batch_bytes(batch) counts
         view = {name: tensor[:batch] for name, tensor in self._batch.items()}
         for b, state in enumerate(states):
             view["frame"][b:b + 1].copy_(state.workspace.frame)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,6 +116,29 @@ class ServiceClient:
 
     def ready(self) -> bool:
         return self.http.get("/v2/health/ready").status_code == 200
+
+    def wait_ready(self, timeout_s: float = 120.0, interval_s: float = 0.1) -> dict:
+        """Poll ``/v2/health/ready`` until the server is ready (it answers 503 while it warms up). -> the ready
+        body. Raises ServiceClientError when the warm-up failed or ``timeout_s`` passes (a server that does not
+        listen yet is polled too)."""
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        status = "unreachable"
+        while True:
+            try:
+                response = self.http.get("/v2/health/ready")
+                status = response.json().get("status", "unknown")
+                if response.status_code == 200:
+                    return response.json()
+            except (httpx.HTTPError, ValueError):
+                status = "unreachable"
+            if status == "failed":
+                raise ServiceClientError(503, "failed", "the server's engine warm-up failed; see the server log")
+            if time.monotonic() > deadline:
+                raise ServiceClientError(503, "not_ready", f"the server was not ready after {timeout_s:g} s "
+                                         f"(last status: {status})")
+            time.sleep(interval_s)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         import httpx

@@ -151,7 +151,8 @@ def test_ttl_expiry_answers_410(make_client, videos):
 
 
 def test_full_budget_answers_503_with_retry_after(make_client, videos, tracker):
-    http = make_client(memory_budget_mb=2.5 * tracker.session_bytes() / 2**20, ttl_s=60)
+    # half a session spare, on top of the device worker's batch buffers (max_batch 8 by default)
+    http = make_client(memory_budget_mb=(2.5 * tracker.session_bytes() + tracker.batch_bytes(8)) / 2**20, ttl_s=60)
     video = videos(16, 2)
     assert http.get("/v2/health/ready").json()["max_sessions"] == 2
     first = _create(http, video).json()["session_id"]

@@ -94,3 +94,57 @@ def test_stream_requires_token(make_client, videos):
         assert exc.code == 1008
     with http.websocket_connect("/v1/stream", headers={"Authorization": "Bearer t0ken"}) as ws:
         ws.send_json({"type": "close"})
+
+
+def test_latest_policy_drops_stale_frames_and_answers_the_rest_in_order(make_client, videos, tracker, reference):
+    """A camera bursts frames faster than the device takes them. Deterministic, no sleeps: with ``max_batch`` 2
+    and a long ``max_delay_ms`` the worker holds session A's waiting frame until a second session's frame comes to
+    share the batch (the service's own batching rule), so A's burst piles up behind it and the ``latest`` policy
+    drops each stale frame as the next arrives; B's frame then releases the batch."""
+    http = make_client(max_batch=2, max_delay_ms=60_000, queue_depth=1)
+    clip_a, clip_b = videos(23, 7), videos(24, 3)
+    with http.websocket_connect("/v1/stream") as a, http.websocket_connect("/v1/stream") as b:
+        a.send_json({"type": "start", "frame": _b64(encode_frame(clip_a.frames[0])),
+                     "mask": _b64(encode_mask_png(clip_a.mask)),
+                     "options": {"queue_policy": "latest", "mask_format": "raw"}})
+        started_a = a.receive_json()["session"]
+        assert started_a["queue_policy"] == "latest"
+        b.send_json({"type": "start", "frame": _b64(encode_frame(clip_b.frames[0])),
+                     "mask": _b64(encode_mask_png(clip_b.mask)), "options": {"mask_format": "raw"}})
+        started_b = b.receive_json()["session"]
+        id_a, id_b = started_a["session_id"], started_b["session_id"]
+
+        for index in range(1, 6):  # the burst: frames 1..5 while nothing of A can run
+            a.send_json({"type": "frame", "frame_index": index, "frame": _b64(encode_frame(clip_a.frames[index]))})
+        # each newer frame pushed the waiting one out: answered `dropped`, in order, before anything ran
+        assert [a.receive_json() for _ in range(4)] == [{"type": "dropped", "frame_index": i} for i in range(1, 5)]
+        info = http.get(f"/v1/sessions/{id_a}").json()
+        assert (info["frames_done"], info["frames_dropped"], info["waiting_frames"]) == (1, 4, 1)
+        assert 'kmnrt_frames_total{outcome="dropped"} 4.0' in http.get("/metrics").text
+
+        answers_a, answers_b = [], []
+        for index_a, index_b in ((5, 1), (6, 2)):  # B's frame fills the batch: A's newest frame runs with it
+            if index_a == 6:
+                a.send_bytes(encode_frame(clip_a.frames[6]))  # binary: takes the next index, 6
+            b.send_json({"type": "frame", "frame_index": index_b, "frame": _b64(encode_frame(clip_b.frames[index_b]))})
+            answers_a.append(a.receive_json())
+            answers_b.append(b.receive_json())
+        a.send_json({"type": "close"})
+        b.send_json({"type": "close"})
+
+    # the frames that ran were answered in order, to their own socket, with their own session's masks
+    state = tracker.start(clip_a.frames[0], clip_a.mask)
+    expected_a = [tracker.step(state, clip_a.frames[i], keep_probs=False).mask for i in (5, 6)]  # 1-4 never ran
+    expected_b = reference(clip_b)
+    for answer, index, mask in zip(answers_a, (5, 6), expected_a):
+        result = answer["result"]
+        assert answer["type"] == "masks" and (result["session_id"], result["frame_index"]) == (id_a, index)
+        assert result["batch_size"] == 2 and np.array_equal(decode_labels(result["mask"]), mask)
+    for answer, index in zip(answers_b, (1, 2)):
+        result = answer["result"]
+        assert answer["type"] == "masks" and (result["session_id"], result["frame_index"]) == (id_b, index)
+        assert result["batch_size"] == 2 and np.array_equal(decode_labels(result["mask"]), expected_b[index])
+    metrics = http.get("/metrics").text
+    for line in ('kmnrt_frames_total{outcome="dropped"} 4.0', 'kmnrt_frames_total{outcome="ok"} 6.0',
+                 "kmnrt_batch_size_count 2.0", "kmnrt_batch_size_sum 4.0"):
+        assert line in metrics, line

@@ -45,6 +45,7 @@ class ServiceContext:
     worker: DeviceWorker
     metrics: ServiceMetrics
     session_bytes: int
+    batch_bytes: int
     stopping: bool = False
 
 
@@ -115,13 +116,23 @@ def load_tracker(settings: ServiceSettings) -> Tracker:
     return Tracker.from_bundle(settings.bundle, backend=settings.backend, device=settings.device)
 
 
-def capacity(settings: ServiceSettings, session_bytes: int) -> int:
-    """Sessions that fit the memory budget (and the optional explicit cap)."""
-    by_memory = settings.memory_budget_bytes // max(session_bytes, 1)
+def capacity(settings: ServiceSettings, session_bytes: int, batch_bytes: int) -> int:
+    """Sessions that fit the memory budget (and the optional explicit cap). ``batch_bytes``: the device worker's
+    query-encoder buffers for its largest batch (``Tracker.batch_bytes``), shared by all sessions, so they come
+    off the budget once before it is divided into session slots."""
+    left = settings.memory_budget_bytes - batch_bytes
+    by_memory = left // max(session_bytes, 1)
     if by_memory < 1:
-        raise UserInputError(f"memory budget {settings.memory_budget_mb} MiB holds no session: one takes "
-                             f"{session_bytes / 2**20:.1f} MiB; raise --memory-budget-mb")
+        raise UserInputError(f"memory budget {settings.memory_budget_mb:g} MiB holds no session: the batch buffers "
+                             f"(batch of {largest_batch(settings)}) take {batch_bytes / 2**20:.1f} MiB and one session "
+                             f"{session_bytes / 2**20:.1f} MiB; raise --memory-budget-mb or lower --max-batch")
     return min(by_memory, settings.max_sessions) if settings.max_sessions else by_memory
+
+
+def largest_batch(settings: ServiceSettings) -> int:
+    """The most frames one query-encoder call can hold: ``max_batch``, or fewer sessions when they are capped (a
+    batch holds at most one frame per session)."""
+    return min(settings.max_batch, settings.max_sessions) if settings.max_sessions else settings.max_batch
 
 
 def create_app(settings: ServiceSettings, tracker: Tracker | None = None) -> FastAPI:
@@ -132,18 +143,28 @@ def create_app(settings: ServiceSettings, tracker: Tracker | None = None) -> Fas
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = tracker is None
         active = await asyncio.to_thread(load_tracker, settings) if owned else tracker
-        session_bytes = active.session_bytes()
-        registry = SessionRegistry(capacity(settings, session_bytes), settings.ttl_s, settings.tombstones)
+        session_bytes, batch_bytes = active.session_bytes(), active.batch_bytes(largest_batch(settings))
+        try:
+            max_sessions = capacity(settings, session_bytes, batch_bytes)
+        except UserInputError:
+            if owned:
+                active.close()
+            raise
+        registry = SessionRegistry(max_sessions, settings.ttl_s, settings.tombstones)
         metrics = ServiceMetrics.create()
         metrics.max_sessions.set(registry.max_sessions)
         worker = DeviceWorker(active, registry, metrics, settings.max_batch, settings.max_delay_ms / 1000,
                               settings.queue_depth)
-        await asyncio.to_thread(worker.start, settings.warmup)
-        ctx = ServiceContext(settings, active, registry, worker, metrics, session_bytes)
+        # The warm-up runs on the worker's thread after this returns, so the server already answers while it runs:
+        # /v2/health/ready says 503 until it is done. A bad bundle or budget has failed the start above, before
+        # the port opened, which is what an operator wants to see at once.
+        worker.start(settings.warmup)
+        ctx = ServiceContext(settings, active, registry, worker, metrics, session_bytes, batch_bytes)
         app.state.ctx = ctx
         reaper = asyncio.create_task(_reap_forever(ctx))
-        log.info("service ready", extra={"event": "ready", "backend": active.backend, "bundle": str(settings.bundle),
-                                         "max_sessions": registry.max_sessions, "session_bytes": session_bytes})
+        log.info("service loaded", extra={"event": "loaded", "backend": active.backend, "bundle": str(settings.bundle),
+                                          "max_sessions": registry.max_sessions, "session_bytes": session_bytes,
+                                          "batch_bytes": batch_bytes})
         try:
             yield
         finally:
@@ -172,8 +193,11 @@ def create_app(settings: ServiceSettings, tracker: Tracker | None = None) -> Fas
     app.include_router(router)
     app.include_router(stream_router)
 
-    @app.get("/v2/health/live", response_model=Health, tags=["health"])
-    async def live() -> Health:
+    @app.get("/v2/health/live", response_model=Health, tags=["health"], responses={503: {"model": Health}})
+    async def live(request: Request):
+        ctx: ServiceContext | None = getattr(request.app.state, "ctx", None)
+        if ctx is not None and ctx.worker.warmup_error is not None:  # never going to serve: let it be restarted
+            return JSONResponse(Health(status="failed").model_dump(), status_code=503)
         return Health(status="live")
 
     @app.get("/v2/health/ready", response_model=Health, tags=["health"],
@@ -181,7 +205,12 @@ def create_app(settings: ServiceSettings, tracker: Tracker | None = None) -> Fas
     async def ready(request: Request):
         ctx: ServiceContext | None = getattr(request.app.state, "ctx", None)
         if ctx is None or not ctx.worker.ready.is_set() or ctx.stopping:
-            status = "stopping" if ctx is not None and ctx.stopping else "not_ready"
+            if ctx is not None and ctx.stopping:
+                status = "stopping"
+            elif ctx is not None and ctx.worker.warmup_error is not None:
+                status = "failed"  # the engines failed to warm up: this instance will never get ready
+            else:
+                status = "not_ready"  # loading or warming up
             return JSONResponse(Health(status=status).model_dump(), status_code=503)
         return Health(status="ready", backend=ctx.tracker.backend, max_sessions=ctx.registry.max_sessions,
                       active_sessions=len(ctx.registry))

@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--token", help="bearer token required on /v1 (required off loopback; env KMNRT_TOKEN "
                        "keeps it out of the process list)")
     serve.add_argument("--memory-budget-mb", type=float, help="device memory for sessions; the session capacity "
-                       "is this divided by one session's bank and buffers (default: 2048)")
+                       "is this, less the batch buffers of --max-batch frames, divided by one session's bank and "
+                       "buffers (default: 2048)")
     serve.add_argument("--max-sessions", type=int, help="extra cap on sessions (default: 0 = budget only)")
     serve.add_argument("--ttl-s", type=float, help="idle seconds before a session expires (default: 300)")
     serve.add_argument("--queue-depth", type=int, help="frames a session may have waiting (default: 1)")

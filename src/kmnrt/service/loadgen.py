@@ -88,23 +88,36 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class serve_in_thread:
-    """``with serve_in_thread(app) as url``: a real uvicorn server on 127.0.0.1 (an ephemeral port) in a thread;
-    it shuts down gracefully on exit (the app's lifespan drains its worker)."""
+    """``with serve_in_thread(app) as url``: a real uvicorn server on 127.0.0.1 (an ephemeral port) in a thread,
+    returned once ``/v2/health/ready`` answers 200 (``wait_ready=False``: once it listens, e.g. to watch the
+    warm-up); it shuts down gracefully on exit (the app's lifespan drains its worker)."""
 
-    def __init__(self, app):
+    def __init__(self, app, wait_ready: bool = True, timeout_s: float = 120):
         import uvicorn
 
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.wait_ready = wait_ready
+        self.timeout_s = timeout_s
 
     def __enter__(self) -> str:
+        from kmnrt.client import ServiceClient, ServiceClientError
+
         self.thread.start()
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + self.timeout_s
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the server did not start")
             time.sleep(0.02)
-        return f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}"
+        url = f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}"
+        if self.wait_ready:
+            try:
+                with ServiceClient(url) as client:
+                    client.wait_ready(max(deadline - time.monotonic(), 1.0), interval_s=0.02)
+            except ServiceClientError as exc:
+                self.__exit__()
+                raise RuntimeError(f"the server did not get ready: {exc}") from exc
+        return url
 
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True

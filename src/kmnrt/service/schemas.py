@@ -98,7 +98,7 @@ class ErrorBody(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["live", "ready", "not_ready", "stopping"]
+    status: Literal["live", "ready", "not_ready", "failed", "stopping"]
     backend: str | None = None
     max_sessions: int | None = None
     active_sessions: int | None = None

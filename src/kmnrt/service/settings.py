@@ -30,7 +30,8 @@ class ServiceSettings:
         device: device for the runtime (``None``: the backend's default).
         host, port: where to listen. Any address but loopback requires ``token``.
         token: bearer token every ``/v1`` call must carry (``Authorization: Bearer <token>``); ``None`` = no auth.
-        memory_budget_mb: device memory for session banks; ``max_sessions`` is derived from it.
+        memory_budget_mb: device memory for session banks and the worker's batch buffers; ``max_sessions`` is
+            derived from it (docs/service.md, Capacity).
         max_sessions: an extra cap on sessions (0 = only the memory budget decides).
         ttl_s: idle seconds after which a session expires (a client can ask for less, never more).
         reap_interval_s: how often the reaper looks for idle sessions.

@@ -56,18 +56,40 @@ class DeviceWorker:
         self._lock = registry.lock
         self._ready: deque[Session] = deque()   # sessions with waiting work and nothing in flight, oldest first
         self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="kmnrt-device-worker", daemon=True)
-        self.ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="kmnrt-device-worker", daemon=True)
+        self.ready = threading.Event()           # set once warmed up: work is accepted from then on
+        self.warmup_error: BaseException | None = None  # why the warm-up failed (the worker never gets ready)
+        self._warm_first = True
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
     def start(self, warmup: bool = True) -> None:
-        """Warm the engines up (a few frames of a throw-away session at each batch size used) and start the
-        thread; ``ready`` is set when the worker can take frames."""
-        if warmup:
-            self._warmup()
+        """Start the thread and return at once. With ``warmup`` the thread first runs a few frames of a throw-away
+        session at each batch size used (on a GPU the first calls pay for lazy initialisation and autotuning),
+        so ``ready`` is set later; without, ``ready`` is set before this returns. Until ``ready``, submissions
+        answer 503 ``not_ready``: no client frame runs on cold engines or waits behind the warm-up."""
+        self._warm_first = warmup
+        if not warmup:
+            self._set_ready(0.0)
         self._thread.start()
-        self.ready.set()
+
+    def _main(self) -> None:
+        if self._warm_first:
+            started = time.perf_counter()
+            try:
+                self._warmup()
+            except Exception as exc:  # noqa: BLE001 - /v2/health/* report it; the server stays up to say so
+                self.warmup_error = exc
+                log.error("engine warm-up failed; the service will not get ready", exc_info=exc,
+                          extra={"event": "warmup_failed", "error": repr(exc)})
+                return
+            self._set_ready(time.perf_counter() - started)
+        self._loop()
+
+    def _set_ready(self, warmup_s: float) -> None:
+        if not self._stopping:  # a stop during the warm-up: never report ready
+            self.ready.set()
+            log.info("engines ready", extra={"event": "ready", "warmup_s": round(warmup_s, 3)})
 
     def stop(self, timeout_s: float) -> bool:
         """Finish what is queued and in flight (up to ``timeout_s``), then stop. -> True if it drained."""
@@ -103,9 +125,9 @@ class DeviceWorker:
             kind = "step" if call is None else "call"
             self._enqueue(Job(session, kind, future, time.perf_counter(), frame, call, index))
             session.remember(index, future)
-        for job in dropped:
-            job.future.set_result(DROPPED)
+        for job in dropped:  # counted before answered, so a client that saw the answer sees it in /metrics
             self.metrics.frames.labels("dropped").inc()
+            job.future.set_result(DROPPED)
         return future, False
 
     def submit_call(self, session: Session, call) -> Future:
@@ -117,6 +139,12 @@ class DeviceWorker:
         return future
 
     def _check_open(self, session: Session) -> None:
+        if not self.ready.is_set() and not self._stopping:
+            if self.warmup_error is not None:
+                raise ServiceError(503, "not_ready", "the engines failed to warm up, so this instance will not "
+                                   "serve (its log says why); use another instance")
+            raise ServiceError(503, "not_ready", "the engines are still warming up; retry when /v2/health/ready "
+                               "answers 200", {"Retry-After": "1"})
         if session.closed_reason is not None:
             raise ServiceError(410, f"session_{session.closed_reason}", f"session {session.id} is gone: "
                                f"{session.closed_reason.replace('_', ' ')}")
