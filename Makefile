@@ -8,8 +8,12 @@ KMNRT := $(VENV)/bin/kmnrt
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
 SHARED_VOS ?= ../shared/data/vos
-DEMO_SEQUENCE ?= $(SHARED_VOS)/davis2016_blackswan
-DEMO_BUNDLE ?= engines/demo-tiny
+# The demo's sequence (a folder with JPEGImages/ and Annotations/): a real DAVIS one when the shared test data sits
+# next to the repository, else one the data generator makes (so `make demo` runs on any fresh machine).
+GENERATED_SEQUENCE := out/demo-data/synthetic
+DEMO_SEQUENCE ?= $(if $(wildcard $(SHARED_VOS)/davis2016_blackswan),$(SHARED_VOS)/davis2016_blackswan,$(GENERATED_SEQUENCE))
+DEMO_CONFIG ?= tiny
+DEMO_BUNDLE ?= engines/demo
 DEMO_OUT ?= out/demo
 
 .PHONY: demo test test-all default-model clean-venv
@@ -21,12 +25,17 @@ $(STAMP):
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-# Export the embedded tiny model to an ONNX bundle, run it on a real DAVIS sequence, score it with J&F.
-demo: $(STAMP)
-	$(KMNRT) export --config tiny --height 480 --width 864 --max-objects 4 --max-memory 16 --out $(DEMO_BUNDLE) --force
+# Export the embedded default model to an ONNX bundle, run it on the demo sequence, score it with J&F.
+demo: $(STAMP) $(DEMO_SEQUENCE)
+	$(KMNRT) export --config $(DEMO_CONFIG) --height 480 --width 864 --max-objects 4 --max-memory 16 --out $(DEMO_BUNDLE) --force
 	$(KMNRT) run --bundle $(DEMO_BUNDLE) --input $(DEMO_SEQUENCE)/JPEGImages --mask $(DEMO_SEQUENCE)/Annotations/00000.png \
 		--out $(DEMO_OUT)/$(notdir $(DEMO_SEQUENCE)) --overlay $(DEMO_OUT)/$(notdir $(DEMO_SEQUENCE)).mp4
 	$(KMNRT) eval $(DEMO_SEQUENCE) $(DEMO_OUT) --json $(DEMO_OUT)/scores.json
+
+$(GENERATED_SEQUENCE): | $(STAMP)
+	rm -rf $@.tree && $(KMNRT) generate-data --out $@.tree --videos 1 --frames 40 --seed 2 --height 240 --width 432
+	mkdir -p $@ && mv $@.tree/JPEGImages/synthetic-0000 $@/JPEGImages && mv $@.tree/Annotations/synthetic-0000 $@/Annotations
+	rm -rf $@.tree
 
 test: $(STAMP)
 	$(PY) -m pytest -q
