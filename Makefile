@@ -12,7 +12,7 @@ SHARED_VOS ?= ../shared/data/vos
 # next to the repository, else one the data generator makes (so `make demo` runs on any fresh machine).
 GENERATED_SEQUENCE := out/demo-data/synthetic
 DEMO_SEQUENCE ?= $(if $(wildcard $(SHARED_VOS)/davis2016_blackswan),$(SHARED_VOS)/davis2016_blackswan,$(GENERATED_SEQUENCE))
-DEMO_CONFIG ?= tiny
+DEMO_CONFIG ?= small
 DEMO_BUNDLE ?= engines/demo
 DEMO_OUT ?= out/demo
 
@@ -47,7 +47,7 @@ test-all: $(STAMP)
 # Train the embedded default model from scratch on generated data (docs/default-model.md) and install it.
 default-model: $(STAMP)
 	nice -n 10 $(PY) -m kmnrt.training.default_model --out out/default-model --threads 1 \
-		$(if $(wildcard $(SHARED_VOS)),--real $(SHARED_VOS)) --install model/weights/tiny_synthetic.safetensors
+		$(if $(wildcard $(SHARED_VOS)),--real $(SHARED_VOS)) --install model/weights/small_synthetic.safetensors
 
 clean-venv:
 	rm -rf $(VENV)

@@ -116,6 +116,15 @@ CONFIGS: dict[str, ModelConfig] = {
         value_dim=16,
         decoder_dim=16,
     ),
+    # About 415 k parameters: the embedded default model's size, trainable from scratch on a CPU in an hour
+    # (docs/default-model.md); twice tiny's widths, four times its key and value.
+    "small": ModelConfig(
+        name="small",
+        backbone=BackboneConfig("basic", (1, 1, 1), 16, (16, 32, 64)),
+        key_dim=32,
+        value_dim=64,
+        decoder_dim=32,
+    ),
 }
 
 DEFAULT_CONFIG = "lite"

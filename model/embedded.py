@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-EMBEDDED = {"tiny": "tiny_synthetic.safetensors"}
+EMBEDDED = {"tiny": "tiny_synthetic.safetensors", "small": "small_synthetic.safetensors"}
 
 
 def default_checkpoint(config_name: str) -> Path | None:

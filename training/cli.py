@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", choices=("tiny", "lite", "paper"), default="tiny",
+    parser.add_argument("--config", choices=("tiny", "small", "lite", "paper"), default="tiny",
                         help="model size (default: tiny); sets the default crop, batch, lr and iterations")
     parser.add_argument("--stage", choices=("pretrain", "main"), default="pretrain",
                         help="pretrain: static images + Hide-and-Seek; main: videos (default: pretrain)")
@@ -56,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--hard-pixels", type=float, default=1.0,
                         help="average the loss over this fraction of the pixels with the highest loss "
                         "(bootstrapped cross-entropy, as STCN; default: 1 = plain cross-entropy, the paper)")
+    parser.add_argument("--read-loss", type=float, default=0.0,
+                        help="weight of an auxiliary loss on the memory read's attention (it must carry the "
+                        "memory masks, pooled to the key grid, onto the query frame's); default 0 (paper)")
     parser.add_argument("--max-objects", type=int, help="objects per clip at most (default: 3)")
     parser.add_argument("--motion-fraction", type=float,
                         help="pretrain on synthetic data: share of clips whose shapes move on their own instead "
@@ -72,6 +75,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tied-init", action="store_true",
                         help="without --init: start the memory encoder and key/value as copies of the query "
                         "side's random weights, so the memory read can match from the first step")
+    parser.add_argument("--calibrated-init", action="store_true",
+                        help="without --init: scale the random key heads to attention logits of std 1 and the "
+                        "decoder's last convolution down tenfold (see kmnrt.training.loop.calibrate_init)")
+    parser.add_argument("--tied-training", action="store_true",
+                        help="start the memory trunk and key head as copies of the query side's and keep them "
+                        "equal (gradients summed): one shared key encoder, as STCN; the mask inputs and the value "
+                        "heads stay separate")
     parser.add_argument("--init", type=Path,
                         help="start from these weights: STM_weights.pth (--config paper) or a kmnrt checkpoint")
     parser.add_argument("--resume", type=Path, help="continue from a train_state.pt of an earlier run")
@@ -128,9 +138,11 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig (imported lazi
                     resume=args.resume, device=args.device, max_objects=args.max_objects,
                     checkpoint_every=args.checkpoint_every, workers=args.workers, threads=args.threads,
                     log_every=args.log_every, amp=not args.no_amp, freeze_batchnorm=not args.train_batchnorm,
-                    tied_init=args.tied_init)
+                    tied_init=args.tied_init, tied_training=args.tied_training,
+                    calibrated_init=args.calibrated_init)
     optim = dataclasses.replace(config.optim, poly_power=None if args.constant_lr else config.optim.poly_power,
-                                grad_clip=args.grad_clip, hard_pixel_fraction=args.hard_pixels)
+                                grad_clip=args.grad_clip, hard_pixel_fraction=args.hard_pixels,
+                                read_loss_weight=args.read_loss)
     hide = dataclasses.replace(config.hide_and_seek, enabled=not args.no_hide_and_seek,
                                grid=config.hide_and_seek.grid if args.hide_grid is None else args.hide_grid)
     synthetic = config.synthetic

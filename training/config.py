@@ -72,6 +72,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     grad_clip: float | None = None  # max global gradient norm; None = no clipping
     hard_pixel_fraction: float = 1.0  # < 1: bootstrapped cross-entropy over the hardest pixels (STCN); 1 = paper
+    read_loss_weight: float = 0.0  # > 0: auxiliary loss on the attention reading the pooled masks (step.py)
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,9 @@ class TrainConfig:
     device: str = "cpu"
     max_objects: int = 3
     freeze_batchnorm: bool = True
-    tied_init: bool = False  # from random init: start the memory encoder/key as copies of the query side's
+    tied_init: bool = False  # from random init: start the memory trunk and key head as copies of the query side's
+    calibrated_init: bool = False  # from random init: key heads scaled to attention logits of std 1, last conv / 10
+    tied_training: bool = False  # and keep them equal while training (gradients summed; implies tied_init)
     checkpoint_every: int = 500
     log_every: int = 50  # iterations between lines of train.log
     workers: int = 0
@@ -117,6 +120,8 @@ class TrainConfig:
                                  f"got {self.size}")
         if not self.optim.lr > 0:
             raise UserInputError(f"--lr must be positive, got {self.optim.lr}")
+        if not self.optim.read_loss_weight >= 0:
+            raise UserInputError(f"--read-loss must be 0 or more, got {self.optim.read_loss_weight}")
         if not 0 < self.optim.hard_pixel_fraction <= 1:
             raise UserInputError(f"--hard-pixels must be in (0, 1], got {self.optim.hard_pixel_fraction}")
         if self.workers < 0:
@@ -144,6 +149,7 @@ def json_ready(value: object) -> object:
 _PRESETS: dict[str, dict[str, int | float]] = {
     "paper": {"size": 384, "batch": 4, "lr": 1e-5, "pretrain": 100_000, "main": 100_000},
     "lite": {"size": 384, "batch": 4, "lr": 1e-4, "pretrain": 100_000, "main": 100_000},
+    "small": {"size": 128, "batch": 4, "lr": 1e-3, "pretrain": 1_000, "main": 8_000},
     "tiny": {"size": 192, "batch": 4, "lr": 1e-3, "pretrain": 4_000, "main": 4_000},
 }
 

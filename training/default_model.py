@@ -7,11 +7,13 @@ Steps, each skipped when its output already exists (a stage cut off part-way is 
 ``train_state.pt``), so re-running the command finishes an interrupted recipe:
 
 1. ``kmnrt generate-data``: training videos (seed 1) and held-out videos (seed 2) in DAVIS layout;
-2. ``kmnrt train --stage pretrain``: procedural static and moving clips with Hide-and-Seek;
-3. ``kmnrt train --stage main`` on the training videos, starting from stage 2's weights;
-4. track the held-out videos (and the real sequences of ``--real``, when given) with the reference tracker and
+2. ``kmnrt train --stage pretrain`` (only with ``--pretrain-iterations`` > 0; the shipped model has none);
+3. ``kmnrt train --stage main`` on the training videos from random weights, with the from-scratch measures
+   (``--tied-training --calibrated-init --read-loss 1 --grad-clip 1``, see docs/training.md);
+4. a second main-training stage from stage 3's weights when ``FINETUNE_ITERATIONS`` > 0;
+5. track the held-out videos (and the real sequences of ``--real``, when given) with the reference tracker and
    score them with the DAVIS J&F; ``scores.json`` in ``--out``;
-5. copy the weights to ``model/weights/`` (``--install``), where :mod:`kmnrt.model.embedded` finds them.
+6. copy the weights to ``model/weights/`` (``--install``), where :mod:`kmnrt.model.embedded` finds them.
 """
 
 from __future__ import annotations
@@ -27,27 +29,57 @@ from pathlib import Path
 
 from kmnrt.training.config import TrainConfig, preset
 
-MODEL = "tiny"
-CROP = 96                # training crops; a stride-16 feature map of 6x6
-HIDE_GRID = CROP // 16   # Hide-and-Seek cells of one feature cell, as the paper's 24x24 grid at 384x384
-PRETRAIN_ITERATIONS = 600
+MODEL = "small"          # model/config.py: widths 16/32/64, key 32, value 64, decoder 32 (415 k parameters)
+CROP = 128               # training crops of frames resized to a short side of 128-166: about the 256x144 test scale
+PRETRAIN_ITERATIONS = 0  # 0: no pre-training stage (not tried with the from-scratch measures; see the model card)
 MAIN_ITERATIONS = 5000
 PRETRAIN_LR = 1e-3
 MAIN_LR = 1e-3
+FINETUNE_ITERATIONS = 0  # a second main stage from the first's weights (lr restarted lower): measured, no gain
+FINETUNE_LR = 3e-4
+READ_LOSS = 1.0          # weight of the auxiliary attention loss (kmnrt.training.step.read_mask_loss)
+GRAD_CLIP = 1.0          # global gradient norm; without it a run from random weights can blow up in its first steps
 BATCH = 4
-TRAIN_VIDEOS, TRAIN_SEED = 60, 1
+TRAIN_VIDEOS, TRAIN_SEED = 300, 1
 HELDOUT_VIDEOS, HELDOUT_SEED = 10, 2
 
 
-def stage_configs(out: Path, threads: int | None, device: str) -> tuple[TrainConfig, TrainConfig]:
-    """The two stages exactly as ``kmnrt train`` runs them (see docs/default-model.md for the command lines)."""
-    common = {"size": CROP, "batch": BATCH, "seed": 0, "threads": threads, "device": device,
-              "checkpoint_every": 100, "log_every": 25}
-    pretrain = preset(MODEL, "pretrain", out / "pretrain", iterations=PRETRAIN_ITERATIONS, lr=PRETRAIN_LR, **common)
-    pretrain = dataclasses.replace(pretrain, hide_and_seek=dataclasses.replace(pretrain.hide_and_seek, grid=HIDE_GRID))
-    main = preset(MODEL, "main", out / "main", iterations=MAIN_ITERATIONS, lr=MAIN_LR, data=out / "videos-train",
-                  init=out / "pretrain" / "model.safetensors", **common)
+def stage_configs(out: Path, threads: int | None, device: str, model: str = MODEL, crop: int = CROP,
+                  main_iterations: int = MAIN_ITERATIONS,
+                  pretrain_iterations: int = PRETRAIN_ITERATIONS) -> tuple[TrainConfig | None, TrainConfig]:
+    """The stages exactly as ``kmnrt train`` runs them (see docs/default-model.md for the command lines); the
+    pre-training stage is None when it has 0 iterations. From random weights, both start with the memory trunk
+    and key head tied to the query side's (``--tied-training``) and a calibrated initialisation."""
+    common = {"size": crop, "batch": BATCH, "seed": 0, "threads": threads, "device": device,
+              "checkpoint_every": 100, "log_every": 25, "tied_training": True}
+    pretrain = None
+    if pretrain_iterations > 0:
+        pretrain = preset(model, "pretrain", out / "pretrain", iterations=pretrain_iterations, lr=PRETRAIN_LR,
+                          calibrated_init=True, **common)
+        pretrain = dataclasses.replace(pretrain, hide_and_seek=dataclasses.replace(pretrain.hide_and_seek,
+                                                                                   grid=crop // 16),
+                                       optim=dataclasses.replace(pretrain.optim, read_loss_weight=READ_LOSS,
+                                                                 grad_clip=GRAD_CLIP))
+    main = preset(model, "main", out / "main", iterations=main_iterations, lr=MAIN_LR, data=out / "videos-train",
+                  init=out / "pretrain" / "model.safetensors" if pretrain is not None else None,
+                  calibrated_init=pretrain is None, **common)
+    main = dataclasses.replace(main, optim=dataclasses.replace(main.optim, read_loss_weight=READ_LOSS,
+                                                               grad_clip=GRAD_CLIP))
     return pretrain, main
+
+
+def finetune_config(out: Path, threads: int | None, device: str, model: str = MODEL, crop: int = CROP,
+                    iterations: int = FINETUNE_ITERATIONS) -> TrainConfig | None:
+    """The second main-training stage (None when it has 0 iterations): the same videos and losses from the first
+    stage's weights, the learning rate restarted at ``FINETUNE_LR`` with its own poly decay and skip curriculum,
+    and seed 1 so that it draws clips the first stage did not see."""
+    if iterations <= 0:
+        return None
+    config = preset(model, "main", out / "finetune", iterations=iterations, lr=FINETUNE_LR, size=crop, batch=BATCH,
+                    seed=1, threads=threads, device=device, checkpoint_every=100, log_every=25, tied_training=True,
+                    data=out / "videos-train", init=out / "main" / "model.safetensors")
+    return dataclasses.replace(config, optim=dataclasses.replace(config.optim, read_loss_weight=READ_LOSS,
+                                                                 grad_clip=GRAD_CLIP))
 
 
 def run_stage(config: TrainConfig) -> Path:
@@ -66,17 +98,30 @@ def run_stage(config: TrainConfig) -> Path:
     return train(config).checkpoint
 
 
-def score(checkpoint: Path, data: Path, predictions: Path) -> dict:
+def score(checkpoint: Path, data: Path, predictions: Path, model: str = MODEL) -> dict:
     """J&F of the reference tracker (KMN read, sigma 7, mem_every 5) with these weights over ``data``."""
     from kmnrt.model.checkpoint import load_model
     from kmnrt.model.config import get_config
     from kmnrt.training.scoring import track_and_score
 
     shutil.rmtree(predictions, ignore_errors=True)
-    result = track_and_score(load_model(get_config(MODEL), checkpoint), data, predictions, progress=False)
+    result = track_and_score(load_model(get_config(model), checkpoint), data, predictions, progress=False)
     result.write_json(predictions / "scores.json")
     print(result.format_table(), file=sys.stderr)
     return json.loads((predictions / "scores.json").read_text())
+
+
+def check_install_target(path: Path, config: str) -> None:
+    """Refuse to overwrite another config's embedded weights (e.g. ``--install .../tiny_synthetic.safetensors``
+    with a ``small`` model): :mod:`kmnrt.model.embedded` would hand them to the wrong network."""
+    from kmnrt.errors import UserInputError
+    from kmnrt.model.embedded import EMBEDDED, WEIGHTS_DIR
+
+    owners = [name for name, file in EMBEDDED.items() if file == path.name and name != config]
+    if owners:
+        wanted = WEIGHTS_DIR / EMBEDDED[config] if config in EMBEDDED else None
+        raise UserInputError(f"--install {path} holds the embedded '{owners[0]}' weights, but this recipe trains "
+                             f"'{config}'" + (f": install to {wanted}" if wanted else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,22 +136,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--real", type=Path, help="also score these real DAVIS-style sequences (not trained on)")
     parser.add_argument("--install", type=Path, help="copy the final weights here (e.g. "
-                        "model/weights/tiny_synthetic.safetensors)")
+                        "model/weights/small_synthetic.safetensors)")
+    parser.add_argument("--config", default=MODEL, help=f"model config (default: {MODEL}; others for experiments)")
+    parser.add_argument("--size", type=int, default=CROP, help=f"training crop (default: {CROP})")
+    parser.add_argument("--iterations", type=int, default=MAIN_ITERATIONS,
+                        help=f"main-training iterations (default: {MAIN_ITERATIONS})")
+    parser.add_argument("--pretrain-iterations", type=int, default=PRETRAIN_ITERATIONS,
+                        help=f"pre-training iterations, 0 = no pre-training (default: {PRETRAIN_ITERATIONS})")
+    parser.add_argument("--finetune-iterations", type=int, default=FINETUNE_ITERATIONS,
+                        help=f"second main-training stage, 0 = none (default: {FINETUNE_ITERATIONS})")
+    parser.add_argument("--videos", type=Path, help="use this folder's videos-train/ and videos-heldout/ instead "
+                        "of generating them under --out")
     args = parser.parse_args(argv)
 
+    if args.install is not None:
+        check_install_target(args.install, args.config)  # before the hour of training, not after
     started = time.perf_counter()
     out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
     for name, videos, seed in (("videos-train", TRAIN_VIDEOS, TRAIN_SEED), ("videos-heldout", HELDOUT_VIDEOS,
                                                                           HELDOUT_SEED)):
-        if not (out / name).is_dir():
+        if args.videos is not None:
+            if not (out / name).exists():
+                (out / name).symlink_to((args.videos / name).resolve(), target_is_directory=True)
+        elif not (out / name).is_dir():
             write_video_dataset(out / name, videos, seed)
-    pretrain, main_stage = stage_configs(out, args.threads, args.device)
-    run_stage(pretrain)
+    pretrain, main_stage = stage_configs(out, args.threads, args.device, args.config, args.size, args.iterations,
+                                         args.pretrain_iterations)
+    if pretrain is not None:
+        run_stage(pretrain)
     checkpoint = run_stage(main_stage)
-    summary = {"model": MODEL, "checkpoint": str(checkpoint),
-               "heldout": score(checkpoint, out / "videos-heldout", out / "predictions-heldout")["global"]}
+    finetune = finetune_config(out, args.threads, args.device, args.config, args.size, args.finetune_iterations)
+    if finetune is not None:
+        checkpoint = run_stage(finetune)
+    summary = {"model": args.config, "checkpoint": str(checkpoint), "heldout": score(
+        checkpoint, out / "videos-heldout", out / "predictions-heldout", args.config)["global"]}
     if args.real is not None:
-        summary["real"] = score(checkpoint, args.real, out / "predictions-real")["global"]
+        summary["real"] = score(checkpoint, args.real, out / "predictions-real", args.config)["global"]
     if args.install is not None:
         args.install.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.install.with_name(f".{args.install.name}.tmp")

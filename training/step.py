@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from kmnrt.framing import one_hot_probs
 from kmnrt.model.kmn import KMN
+from kmnrt.model.memory_read import stm_read
 from kmnrt.training.clips import Clip
 
 LOG_FLOOR = 1e-8  # soft aggregation already clamps to 1e-7; the floor only guards log(0) under fp16
@@ -44,8 +45,25 @@ def aggregated_nll(probs: Tensor, labels: Tensor, hard_fraction: float = 1.0) ->
     return per_pixel.flatten().topk(count).values.mean()
 
 
-def clip_loss(model: KMN, clip: Clip, device: torch.device, hard_fraction: float = 1.0) -> tuple[Tensor, Tensor]:
-    """Forward one clip -> (loss of frame B, loss of frame C)."""
+STRIDE = 16  # of the key maps
+
+
+def read_mask_loss(memory_key: Tensor, memory_masks: Tensor, query_key: Tensor, target: Tensor) -> Tensor:
+    """Auxiliary loss on the memory read's attention alone: read the memory frames' object masks, average-pooled
+    to the key grid ([T, N, 1, h, w]: the fraction of each cell an object covers), with the attention of
+    ``query_key`` over ``memory_key`` [T, N, Ck, h, w], and compare with the query frame's pooled mask
+    ``target`` [N, 1, h, w] (binary cross-entropy). The gradient goes straight to the keys: each object's cells
+    must attend to that object's cells in memory, background to background. Without it, from random weights, the
+    keys get almost no gradient through the decoder, the attention stays flat and the model learns to segment
+    every textured shape in the query frame instead of the memorised ones (docs/default-model.md)."""
+    read = stm_read(memory_key, memory_masks, query_key)  # [N, 1, h, w]
+    return F.binary_cross_entropy(read.float().clamp(1e-6, 1 - 1e-6), target.float())
+
+
+def clip_loss(model: KMN, clip: Clip, device: torch.device, hard_fraction: float = 1.0,
+              read_loss_weight: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Forward one clip -> (loss of frame B, loss of frame C), each plus ``read_loss_weight`` times
+    :func:`read_mask_loss` of that frame when it is positive."""
     frames = clip.frames.to(device)
     labels = clip.labels.to(device)
     object_ids = list(range(1, clip.num_objects + 1))
@@ -59,23 +77,37 @@ def clip_loss(model: KMN, clip: Clip, device: torch.device, hard_fraction: float
     query_c = model.encode_query(frames[2:3])
     memory_key, memory_value = torch.stack([key_a, key_b]), torch.stack([value_a, value_b])
     probs_c = model.decode(model.read_memory(memory_key, memory_value, query_c.key), query_c)
-    return aggregated_nll(probs_b, labels[1], hard_fraction), aggregated_nll(probs_c, labels[2], hard_fraction)
+    loss_b = aggregated_nll(probs_b, labels[1], hard_fraction)
+    loss_c = aggregated_nll(probs_c, labels[2], hard_fraction)
+    if read_loss_weight > 0:
+        pooled = [F.avg_pool2d(torch.stack([(labels[t] == i).float() for i in object_ids])[:, None], STRIDE)
+                  for t in range(3)]  # [N, 1, h, w] per frame
+        aux_b = read_mask_loss(key_a[None], pooled[0][None], query_b.key, pooled[1])
+        aux_c = read_mask_loss(memory_key, torch.stack(pooled[:2]), query_c.key, pooled[2])
+        loss_b, loss_c = loss_b + read_loss_weight * aux_b, loss_c + read_loss_weight * aux_c
+    return loss_b, loss_c
 
 
 def train_step(model: KMN, optimizer: torch.optim.Optimizer, clips: list[Clip], device: torch.device,
                grad_clip: float | None = None, scaler: torch.amp.GradScaler | None = None,
-               hard_fraction: float = 1.0) -> float:
+               hard_fraction: float = 1.0,
+               tied: list[tuple[nn.Parameter, nn.Parameter]] | None = None, read_loss_weight: float = 0.0) -> float:
     """Forward/backward every clip (gradients accumulated, each clip weighted 1/len(clips)), then one optimizer
     step. With a ``scaler`` (CUDA mixed precision) the forward runs under fp16 autocast and the loss is scaled;
-    the loss itself is computed in fp32. Returns the batch's mean loss."""
+    the loss itself is computed in fp32. ``tied`` parameter pairs (equal at the start) get the sum of their two
+    gradients, so they stay equal: one set of weights used in two places. Returns the batch's mean loss."""
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
     for clip in clips:
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=scaler is not None):
-            loss_b, loss_c = clip_loss(model, clip, device, hard_fraction)
+            loss_b, loss_c = clip_loss(model, clip, device, hard_fraction, read_loss_weight)
         loss = (loss_b.float() + loss_c.float()) / (2 * len(clips))
         (scaler.scale(loss) if scaler is not None else loss).backward()
         total += float(loss.detach())
+    for first, second in tied or ():
+        if first.grad is not None or second.grad is not None:
+            total_grad = sum(p.grad for p in (first, second) if p.grad is not None)
+            first.grad, second.grad = total_grad, total_grad.clone()
     if scaler is not None:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     if grad_clip is not None:

@@ -32,3 +32,56 @@ def test_default_model_runs_the_reference_tracker_on_a_generated_video(tmp_path)
     result = track_and_score(model, data, tmp_path / "predictions", progress=False)
     assert np.isfinite(result.global_scores.j_and_f_mean) and 0.0 <= result.global_scores.j_and_f_mean <= 1.0
     assert len(list((tmp_path / "predictions" / "synthetic-0000").glob("*.png"))) == 6
+
+
+def test_recipe_trains_from_scratch_with_tied_trunks_calibrated_init_and_the_read_loss(tmp_path):
+    from kmnrt.training.default_model import GRAD_CLIP, READ_LOSS, stage_configs
+
+    pretrain, main = stage_configs(tmp_path, threads=1, device="cpu")
+    assert pretrain is None and main.init is None and main.model == MODEL
+    assert main.tied_training and main.calibrated_init
+    assert main.optim.read_loss_weight == READ_LOSS > 0 and main.optim.grad_clip == GRAD_CLIP
+    pretrain, main = stage_configs(tmp_path, threads=1, device="cpu", pretrain_iterations=10)
+    assert pretrain is not None and pretrain.calibrated_init
+    assert main.init == tmp_path / "pretrain" / "model.safetensors"
+
+
+def test_recipe_refuses_to_install_over_another_configs_weights(tmp_path):
+    import pytest
+
+    from kmnrt.errors import UserInputError
+    from kmnrt.model.embedded import EMBEDDED, WEIGHTS_DIR
+    from kmnrt.training.default_model import check_install_target
+
+    other = next(name for name in EMBEDDED if name != MODEL)
+    with pytest.raises(UserInputError, match=EMBEDDED[MODEL]):
+        check_install_target(WEIGHTS_DIR / EMBEDDED[other], MODEL)
+    check_install_target(WEIGHTS_DIR / EMBEDDED[MODEL], MODEL)
+    check_install_target(tmp_path / "elsewhere.safetensors", MODEL)
+
+
+def test_recipe_main_stage_is_the_documented_kmnrt_train_command(tmp_path):
+    import argparse
+
+    from kmnrt.training.cli import config_from_args, register
+    from kmnrt.training.default_model import CROP, MAIN_ITERATIONS, stage_configs
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    (tmp_path / "videos-train").mkdir()
+    args = parser.parse_args(
+        ["train", "--config", MODEL, "--stage", "main", "--size", str(CROP), "--batch", "4", "--iterations",
+         str(MAIN_ITERATIONS), "--lr", "1e-3", "--grad-clip", "1", "--tied-training", "--calibrated-init",
+         "--read-loss", "1", "--data", str(tmp_path / "videos-train"), "--threads", "1", "--checkpoint-every", "100",
+         "--log-every", "25", "--out", str(tmp_path / "main")])
+    _, main = stage_configs(tmp_path, threads=1, device="cpu")
+    assert config_from_args(args) == main
+
+
+def test_recipe_finetune_stage_starts_from_the_main_stage(tmp_path):
+    from kmnrt.training.default_model import FINETUNE_LR, finetune_config
+
+    assert finetune_config(tmp_path, 1, "cpu", iterations=0) is None
+    config = finetune_config(tmp_path, 1, "cpu", iterations=10)
+    assert config.init == tmp_path / "main" / "model.safetensors" and config.seed == 1
+    assert config.optim.lr == FINETUNE_LR and config.tied_training and not config.calibrated_init
