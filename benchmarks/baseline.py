@@ -56,6 +56,7 @@ class ReferenceState:
     values: list[Tensor] = field(default_factory=list)
     temporary: tuple[Tensor, Tensor] | None = None       # the previous frame's memory
     mask: np.ndarray | None = None                       # the last step's index mask (host), as the runtime returns
+    frame_index: int = 0                                 # of the last frame segmented (the first frame is 0)
 
     @property
     def memory_frames(self) -> int:
@@ -67,20 +68,24 @@ class ReferenceEngine:
 
     name = "reference"
 
-    def __init__(self, model: KMN, input_size: tuple[int, int], device: torch.device | str = "cpu"):
+    def __init__(self, model: KMN, input_size: tuple[int, int], device: torch.device | str = "cpu",
+                 mem_every: int | None = None):
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.input_size = tuple(input_size)
+        self.mem_every = mem_every  # None: permanent frames only through fill (T pinned by the benchmark)
 
     @classmethod
-    def from_bundle(cls, bundle: str | Path, device: torch.device | str = "cpu") -> ReferenceEngine:
-        """The bundle's own weights (``weights.safetensors``), so the baseline runs the same network."""
+    def from_bundle(cls, bundle: str | Path, device: torch.device | str = "cpu",
+                    natural_memory: bool = False) -> ReferenceEngine:
+        """The bundle's own weights (``weights.safetensors``), so the baseline runs the same network;
+        ``natural_memory``: every ``mem_every``-th frame becomes memory, with no cap, as in STM's evaluation."""
         from kmnrt.export.manifest import load_manifest
         from kmnrt.model.checkpoint import load_model
 
         manifest = load_manifest(bundle, verify=False)
         model = load_model(manifest.model_config, Path(bundle) / manifest.weights, manifest.read_config)
-        return cls(model, tuple(manifest.input_size), device)
+        return cls(model, tuple(manifest.input_size), device, manifest.mem_every if natural_memory else None)
 
     def describe(self) -> str:
         return f"reference (fp32 eager PyTorch, memory concatenated per frame) on {self.device}"
@@ -102,7 +107,8 @@ class ReferenceEngine:
             self._step(state, frame, permanent=True)
 
     def step(self, state: ReferenceState, frame: np.ndarray) -> dict[str, float]:
-        return self._step(state, frame, permanent=False)
+        permanent = self.mem_every is not None and (state.frame_index + 1) % self.mem_every == 0
+        return self._step(state, frame, permanent)
 
     def memory_frames(self, state: ReferenceState) -> int:
         return state.memory_frames
@@ -116,6 +122,7 @@ class ReferenceEngine:
     @torch.inference_mode()
     def _step(self, state: ReferenceState, frame: np.ndarray, permanent: bool) -> dict[str, float]:
         clock = StageClock(self.device)
+        state.frame_index += 1
         framing, model = state.framing, self.model
         image = framing.to_input(frame_to_tensor(frame, self.device))[None]
         clock.lap("pre")

@@ -18,7 +18,8 @@ every memory size T (frames read per step) and object count N, on real frames (t
 default). Warm-up frames are excluded; the device is synchronised before every clock read. Reported: median,
 p90, p99 per stage (query encode, read, decode, memorize, plus pre/post) and end to end, each backend's speed-up
 over the baseline, peak RSS (CPU) or device memory (GPU), and the memory read's peak as a multiple of the
-affinity size N*T*(h*w)^2*4 bytes. --sessions adds a throughput run (K sessions through step_batch).
+affinity size N*T*(h*w)^2*4 bytes. --sessions adds a throughput run (K sessions through step_batch);
+--video-length adds the cost per frame along one long video.
 
 Without --json the results go to benchmarks/results/<device>-<date>.json with .md and .png next to it."""
 
@@ -44,6 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="throughput mode: K concurrent sessions (e.g. 1,2,4) through step_batch vs sequential")
     parser.add_argument("--throughput-at", metavar="N,T", help="objects and memory of the throughput runs "
                                                                "(default: the smallest N and the largest T)")
+    parser.add_argument("--video-length", type=int, default=0, metavar="FRAMES",
+                        help="also run one video this long per backend (smallest N) with memory built as a real "
+                        "video builds it (every mem_every-th frame): cost per frame and T along the video, where the "
+                        "runtime's bank stops growing at max memory and the baseline's does not (default: off)")
     parser.add_argument("--no-read-probe", action="store_true", help="skip the memory read's peak-memory probe")
     parser.add_argument("--in-process", action="store_true",
                         help="run everything in this process (faster to start; peak RSS then mixes configurations)")
@@ -127,7 +132,7 @@ def options_from_args(args: argparse.Namespace):
     return BenchOptions(
         bundle=args.bundle, backends=parse_backends(args.backends), memory=memory, objects=objects,
         frames=args.frames, warmup=args.warmup, input=args.input, device=args.device,
-        sessions=parse_ints(args.sessions, "--sessions"), throughput_point=point,
+        sessions=parse_ints(args.sessions, "--sessions"), throughput_point=point, video_length=args.video_length,
         read_probe=not args.no_read_probe, isolate=not args.in_process, progress=not args.no_progress,
         command=effective_command(args))
 
@@ -137,7 +142,8 @@ def effective_command(args: argparse.Namespace) -> str:
     words = ["kmnrt", "bench", "--bundle", str(args.bundle), "--backends", args.backends, "--memory", args.memory,
              "--objects", args.objects, "--frames", str(args.frames), "--warmup", str(args.warmup)]
     for flag, value in (("--input", args.input), ("--device", args.device), ("--sessions", args.sessions),
-                        ("--throughput-at", args.throughput_at), ("--json", args.json)):
+                        ("--throughput-at", args.throughput_at), ("--video-length", args.video_length),
+                        ("--json", args.json)):
         if value:
             words += [flag, str(value)]
     words += [flag for flag, on in (("--no-read-probe", args.no_read_probe), ("--in-process", args.in_process)) if on]

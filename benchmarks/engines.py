@@ -40,10 +40,11 @@ class Engine(Protocol):
 class RuntimeEngine:
     """A :class:`kmnrt.runtime.Tracker` on one backend."""
 
-    def __init__(self, bundle: str | Path, backend: str, device: str | None = None):
+    def __init__(self, bundle: str | Path, backend: str, device: str | None = None, mem_every: int | None = NEVER):
+        """``mem_every`` None: the bundle's own, as a real video runs."""
         from kmnrt.runtime.tracker import Tracker
 
-        self.tracker = Tracker.from_bundle(bundle, backend=backend, device=device, mem_every=NEVER)
+        self.tracker = Tracker.from_bundle(bundle, backend=backend, device=device, mem_every=mem_every)
         self.name = self.tracker.backend
         self.device = self.tracker.device
 
@@ -82,10 +83,12 @@ def drop_temporary(state) -> None:
     del bank.slots[bank.num_permanent:]
 
 
-def open_engine(backend: str, bundle: str | Path, device: str | None) -> Engine:
+def open_engine(backend: str, bundle: str | Path, device: str | None, natural_memory: bool = False) -> Engine:
+    """``natural_memory``: memorise every ``mem_every``-th frame as a real video does (the bundle's default), instead
+    of pinning T; the runtime then caps the bank at the bundle's max memory and the baseline grows without bound."""
     if backend == BASELINE:
-        return ReferenceEngine.from_bundle(bundle, device or "cpu")
-    return RuntimeEngine(bundle, backend, device)
+        return ReferenceEngine.from_bundle(bundle, device or "cpu", natural_memory)
+    return RuntimeEngine(bundle, backend, device, mem_every=None if natural_memory else NEVER)
 
 
 def settle_memory(engine: Engine, state, memory: int, frames, limit: int = 3) -> None:

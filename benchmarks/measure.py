@@ -6,6 +6,11 @@ engine reports (the runtime: CUDA events or perf_counter; the baseline: synchron
 read before the timed steps and its high-water mark is reset there, so ``peak_rss`` is the peak *during* the timed
 steps; on CUDA, torch's allocator peak is reset at the same point.
 
+Video length: one session runs a long video with memory built as a real video builds it (every ``mem_every``-th
+frame permanent): the runtime's bank stops growing at the bundle's max memory and overwrites in place; the
+baseline's grows without bound, as in STM's evaluation. Per window of frames: the median and p90 end to end, the
+memory frames T read, and the process RSS at the window's end.
+
 Throughput: K sessions, each on its own stretch of the frames, step together through ``Tracker.step_batch``
 (one query-encoder call for all K frames), then one after the other through ``step``, on the same sessions.
 """
@@ -67,6 +72,32 @@ def measure_latency(engine: Engine, bench_input: BenchInput, objects: int, memor
                              **_device_memory(engine.device)},
         })
     return results
+
+
+def measure_video_length(engine: Engine, bench_input: BenchInput, objects: int, length: int, windows: int,
+                         progress: bool = True) -> dict:
+    """Cost per frame along one video of ``length`` frames after the first, in ``windows`` equal windows."""
+    mask = bench_input.object_mask(objects)
+    stream = frame_stream(bench_input)
+    state = engine.start(next(stream), mask)
+    size = max(1, math.ceil(length / windows))
+    rows, totals = [], []
+    bar = tqdm(range(1, length + 1), desc=f"{engine.name} N={objects} video of {length}", file=sys.stderr,
+               leave=False, disable=not progress, unit="frame")
+    for index in bar:
+        memory = engine.memory_frames(state)  # what this step reads
+        synchronize(engine.device)
+        start = time.perf_counter()
+        engine.step(state, next(stream))
+        synchronize(engine.device)
+        totals.append(time.perf_counter() - start)
+        if len(totals) == size or index == length:
+            summary = summarize(totals)
+            rows.append({"first_frame": index - len(totals) + 1, "last_frame": index, "memory_frames": memory,
+                         "median_ms": summary["median_ms"], "p90_ms": summary["p90_ms"], "rss_bytes": rss_bytes()})
+            totals = []
+    return {"backend": engine.name, "device": str(engine.device), "objects": objects, "length": length,
+            "windows": rows}
 
 
 def measure_throughput(engine: Engine, bench_input: BenchInput, objects: int, memory: int, sessions: list[int],

@@ -94,6 +94,21 @@ def throughput_table(document: dict) -> str:
     return "\n".join(lines)
 
 
+def video_length_table(document: dict) -> str:
+    """Windows of the long video as rows, backends as columns: median ms per frame and the memory frames T read."""
+    runs = sorted(document["video_length"], key=lambda r: _backend_order(document, r))
+    head = ["frames"] + [f"{r['backend']} median ms (T)" for r in runs]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, window in enumerate(runs[0]["windows"]):
+        cells = [f"{window['first_frame']}–{window['last_frame']}"]
+        cells += [f"{_ms(r['windows'][i]['median_ms'])} ({r['windows'][i]['memory_frames']})" if i < len(r["windows"])
+                  else "–" for r in runs]
+        lines.append("| " + " | ".join(cells) + " |")
+    rss = [f"`{r['backend']}` {_mb(r['windows'][0]['rss_bytes'])} → {_mb(r['windows'][-1]['rss_bytes'])} MB"
+           for r in runs]
+    return "\n".join(lines) + "\n\nProcess RSS, first window → last: " + "; ".join(rss) + "."
+
+
 def _percentiles(summary: dict) -> str:
     return " / ".join(_ms(summary[k]) for k in ("median_ms", "p90_ms", "p99_ms"))
 
@@ -138,6 +153,12 @@ def render_markdown(document: dict, plot_name: str | None = None) -> str:
         parts += ["## Throughput: K concurrent sessions on one device", "", throughput_table(document), "",
                   "Batched: one `step_batch` per round (a frame's latency is the round's time). Sequential: "
                   "`step` per session.", ""]
+    if document.get("video_length"):
+        parts += [f"## Cost per frame along one video of {document['video_length'][0]['length']} frames", "",
+                  video_length_table(document), "",
+                  "Memory built as a real video builds it (every `mem_every`-th frame, plus the previous frame): "
+                  "the runtime's bank stops at the bundle's max memory and is overwritten in place; the baseline's "
+                  "grows with the video, as in STM's evaluation.", ""]
     if not document.get("complete", True):
         parts += ["- **Incomplete run**: the benchmark was interrupted; only the configurations above were measured."]
     parts += [f"- {note}" for note in document.get("notes", [])]

@@ -22,6 +22,7 @@ from kmnrt.benchmarks.engines import BASELINE
 from kmnrt.errors import KmnrtError, UserInputError
 
 SCHEMA = "kmnrt-bench-v1"
+VIDEO_LENGTH_WINDOWS = 10
 GPU_BACKENDS = ("onnxruntime-cuda", "tensorrt")
 
 
@@ -37,6 +38,7 @@ class BenchOptions:
     device: str | None = None               # reference/torch device; None: cuda when a GPU backend is asked for
     sessions: tuple[int, ...] = ()          # throughput mode: K concurrent sessions (empty: off)
     throughput_point: tuple[int, int] | None = None  # (N, T) of the throughput runs; None: (min N, max T)
+    video_length: int = 0                   # > 0: also the cost per frame along a video this long (min N)
     read_probe: bool = True
     isolate: bool = True
     progress: bool = True
@@ -45,7 +47,7 @@ class BenchOptions:
 
 @dataclass
 class Task:
-    kind: str                # latency | read_peak | throughput
+    kind: str                # latency | read_peak | throughput | video_length
     backend: str
     bundle: str
     device: str | None
@@ -59,6 +61,8 @@ class Task:
 
     @property
     def label(self) -> str:
+        if self.kind == "video_length":
+            return f"{self.kind} {self.backend} N={self.objects} frames={self.frames}"
         extra = f" K={','.join(map(str, self.sessions))}" if self.sessions else ""
         return f"{self.kind} {self.backend} N={self.objects} T={','.join(map(str, self.memories))}{extra}"
 
@@ -94,6 +98,8 @@ def check_options(options: BenchOptions):
         raise UserInputError(f"--warmup {options.warmup} must not be negative")
     if any(k < 1 for k in options.sessions):
         raise UserInputError(f"--sessions {','.join(map(str, options.sessions))}: every K must be at least 1")
+    if options.video_length < 0:
+        raise UserInputError(f"--video-length {options.video_length} must not be negative")
     if options.throughput_point:
         n, t = options.throughput_point
         if not (1 <= n <= manifest.max_objects and 1 <= t <= manifest.max_memory):
@@ -138,11 +144,16 @@ def plan_tasks(options: BenchOptions) -> list[Task]:
         tasks += [Task("throughput", b, device=device_of(b), objects=n, memories=[t], frames=options.frames,
                        warmup=options.warmup, sessions=sorted(set(options.sessions)), **common)
                   for b in options.backends if b != BASELINE]
+    if options.video_length:
+        tasks += [Task("video_length", b, device=device_of(b), objects=min(options.objects), memories=[],
+                       frames=options.video_length, **common) for b in options.backends]
     return tasks
 
 
 def needed_frames(task: Task) -> int:
     """Frames one task steps through (the input is replayed back and forth beyond what is loaded)."""
+    if task.kind == "video_length":
+        return task.frames + 1
     per_t = task.warmup + task.frames + 3
     return 1 + max(task.memories) + len(task.memories) * per_t
 
@@ -151,15 +162,18 @@ def execute_task(task: Task) -> dict:
     """Run one task in this process."""
     from kmnrt.benchmarks.engines import open_engine
     from kmnrt.benchmarks.inputs import load_input
-    from kmnrt.benchmarks.measure import measure_latency, measure_throughput
+    from kmnrt.benchmarks.measure import measure_latency, measure_throughput, measure_video_length
     from kmnrt.benchmarks.read_peak import probe_read_peak
     from kmnrt.benchmarks.stats import rss_bytes
 
     if task.kind == "read_peak":
         return {"read_memory": probe_read_peak(task.backend, task.bundle, task.objects, task.memories, task.device)}
     bench_input = load_input(task.input, needed_frames(task))
-    engine = open_engine(task.backend, task.bundle, task.device)
+    engine = open_engine(task.backend, task.bundle, task.device, natural_memory=task.kind == "video_length")
     try:
+        if task.kind == "video_length":
+            return {"engine": engine.describe(), "video_length": [measure_video_length(
+                engine, bench_input, task.objects, task.frames, VIDEO_LENGTH_WINDOWS, task.progress)]}
         loaded = rss_bytes()
         if task.kind == "latency":
             results = measure_latency(engine, bench_input, task.objects, task.memories, task.frames, task.warmup,
@@ -211,9 +225,9 @@ def run_benchmark(options: BenchOptions, save: Callable[[dict], None] | None = N
         "settings": {"backends": list(options.backends), "baseline": BASELINE, "memory": sorted(set(options.memory)),
                      "objects": list(options.objects), "frames": options.frames, "warmup": options.warmup,
                      "device": torch_device(options), "isolated_processes": options.isolate,
-                     "sessions": list(options.sessions)},
+                     "sessions": list(options.sessions), "video_length": options.video_length},
         "input": bench_input.describe(), "engines": {}, "results": [], "read_memory": [], "throughput": [],
-        "notes": [], "complete": False,
+        "video_length": [], "notes": [], "complete": False,
     }
     if options.sessions and BASELINE in options.backends:
         document["notes"].append("throughput: the reference baseline has no batched step; it is not in that table")
@@ -222,7 +236,7 @@ def run_benchmark(options: BenchOptions, save: Callable[[dict], None] | None = N
         result = run_task(task, options.isolate)
         if "engine" in result:
             document["engines"][task.backend] = result["engine"]
-        for key in ("results", "read_memory", "throughput"):
+        for key in ("results", "read_memory", "throughput", "video_length"):
             document[key] += result.get(key, [])
         add_speedups(document)
         document["complete"] = index == len(tasks)

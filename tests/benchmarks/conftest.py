@@ -31,10 +31,11 @@ def frames_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def bench_document(tiny_bundle: Path, frames_dir: Path) -> dict:
-    """One small run in this process: reference, torch and onnxruntime; T in {1, 3}; N in {1, 2}; K in {1, 2}."""
+    """One small run in this process: reference, torch and onnxruntime; T in {1, 3}; N in {1, 2}; K in {1, 2}; and
+    a video of 60 frames (the tiny bundle holds 8 memory frames, filled by frame 35 at mem_every 5)."""
     from kmnrt.benchmarks.suite import BenchOptions, run_benchmark
 
     options = BenchOptions(bundle=tiny_bundle, backends=("reference", "torch", "onnxruntime"), memory=(3, 1),
                            objects=(1, 2), frames=3, warmup=1, input=frames_dir, sessions=(1, 2),
-                           isolate=False, progress=False, command="kmnrt bench (test)")
+                           video_length=60, isolate=False, progress=False, command="kmnrt bench (test)")
     return run_benchmark(options)

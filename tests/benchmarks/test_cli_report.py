@@ -35,6 +35,8 @@ def test_markdown_lists_every_result_and_the_tables(bench_document: dict) -> Non
     rows = [line for line in latency.splitlines() if line.startswith("| ") and not line.startswith("| backend")]
     assert len(rows) == len(bench_document["results"]) == 12
     assert "## Memory read peak" in text and "## Throughput" in text
+    lengths = text.split("## Cost per frame along one video of 60 frames")[1].split("##")[0]
+    assert len([line for line in lengths.splitlines() if line.startswith("| ") and "–" in line]) == 10
     assert bench_document["environment"]["cpu"] in text
 
 

@@ -144,3 +144,19 @@ def test_a_task_runs_in_its_own_process(tiny_bundle: Path, frames_dir: Path) -> 
     [latency] = result["results"]
     assert (latency["backend"], latency["memory"], latency[END_TO_END]["samples"]) == ("onnxruntime", 2, 2)
     assert latency["memory_bytes"]["peak_rss_scope"] == "timed steps"
+
+
+def test_a_long_video_holds_the_runtimes_memory_at_capacity_while_the_baseline_grows(bench_document: dict) -> None:
+    runs = {r["backend"]: r for r in bench_document["video_length"]}
+    assert set(runs) == {"reference", "torch", "onnxruntime"}
+    max_memory = bench_document["bundle"]["max_memory"]
+    for run in runs.values():
+        windows = run["windows"]
+        assert len(windows) == 10 and windows[0]["first_frame"] == 1 and windows[-1]["last_frame"] == 60
+        assert all(w["median_ms"] > 0 for w in windows)
+        memory = [w["memory_frames"] for w in windows]
+        assert memory == sorted(memory)  # never shrinks
+    for backend in ("torch", "onnxruntime"):
+        assert runs[backend]["windows"][-1]["memory_frames"] == max_memory
+    # first frame + frames 5, 10, ..., 55 + the previous frame, concatenated without a cap
+    assert runs["reference"]["windows"][-1]["memory_frames"] == 1 + 11 + 1 > max_memory
