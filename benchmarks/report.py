@@ -167,7 +167,8 @@ def render_markdown(document: dict, plot_name: str | None = None) -> str:
 
 
 def render_plot(document: dict, path: str | Path) -> Path:
-    """Two panels: median end-to-end latency vs T per backend and N; stacked per-stage medians at the largest T."""
+    """Two panels: median end-to-end latency vs T per backend and N; stacked per-stage medians at the largest T.
+    A third with ``--video-length``: median ms per frame along the video per backend."""
     try:
         import matplotlib
     except ImportError:
@@ -180,7 +181,11 @@ def render_plot(document: dict, path: str | Path) -> Path:
         raise UserInputError("the benchmark JSON has no latency results to plot")
     backends = [b for b in document["settings"]["backends"] if any(r["backend"] == b for r in results)]
     objects = sorted({r["objects"] for r in results})
-    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    videos = document.get("video_length") or []
+    figure, axes = plt.subplots(1, 3 if videos else 2, figsize=(19 if videos else 13, 5))
+    left, right = axes[0], axes[1]
+    if videos:
+        _plot_video_length(axes[2], document, videos)
     for backend in backends:
         for n in objects:
             points = sorted((r["memory"], r[END_TO_END]["median_ms"]) for r in results
@@ -210,6 +215,17 @@ def render_plot(document: dict, path: str | Path) -> Path:
         figure.savefig(tmp, dpi=110, format="png")
     plt.close(figure)
     return path
+
+
+def _plot_video_length(axis, document: dict, videos: list[dict]) -> None:
+    for run in sorted(videos, key=lambda r: _backend_order(document, r)):
+        centres = [(w["first_frame"] + w["last_frame"]) / 2 for w in run["windows"]]
+        axis.plot(centres, [w["median_ms"] for w in run["windows"]], marker="o", label=run["backend"])
+    axis.set(xlabel="frame of the video", ylabel="median ms per frame (end to end)",
+             title=f"Cost along one video of {videos[0]['length']} frames")
+    axis.set_ylim(bottom=0)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
 
 
 def write_report(document: dict, markdown: Path | None, plot: Path | None) -> list[Path]:
