@@ -21,6 +21,7 @@ change of the object count (an object added or removed) re-packs the valid prefi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -58,8 +59,8 @@ class MemoryBank:
         self.max_objects = max_objects
         self.key_shape = tuple(key_shape)
         self.value_shape = tuple(value_shape)
-        self._key = torch.zeros(max_memory * max_objects * _numel(key_shape), dtype=dtype, device=device)
-        self._value = torch.zeros(max_memory * max_objects * _numel(value_shape), dtype=dtype, device=device)
+        self._key = torch.zeros(max_memory * max_objects * math.prod(key_shape), dtype=dtype, device=device)
+        self._value = torch.zeros(max_memory * max_objects * math.prod(value_shape), dtype=dtype, device=device)
         self._valid = torch.zeros(max_memory * max_objects, dtype=dtype, device=device)
         self.num_objects = 0
         self.slots: list[SlotRecord] = []    # slot t holds self.slots[t]; len(self.slots) == T
@@ -172,12 +173,5 @@ class MemoryBank:
         return [record.frame_index for record in self.slots]
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
-
-
 def _view(storage: Tensor, slots: int, objects: int, item_shape: tuple[int, ...]) -> Tensor:
-    return storage[: slots * objects * _numel(item_shape)].view(slots, objects, *item_shape)
+    return storage[: slots * objects * math.prod(item_shape)].view(slots, objects, *item_shape)

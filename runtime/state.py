@@ -6,6 +6,7 @@ lives in a :class:`SessionState`, so one tracker serves many sessions (one at a 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,7 @@ class ObjectManager:
     """Object ids (the user's label values) <-> channels (1 + position; channel 0 is the background)."""
 
     ids: list[int] = field(default_factory=list)
+    _table: tuple[tuple, Tensor] | None = field(default=None, repr=False, compare=False)
 
     @property
     def count(self) -> int:
@@ -35,8 +37,12 @@ class ObjectManager:
             raise UserInputError(f"object {object_id} is not tracked in this session (tracked: {self.ids})") from None
 
     def id_table(self, device: torch.device) -> Tensor:
-        """[N+1] uint8: channel -> label value (0 for the background)."""
-        return torch.tensor([0, *self.ids], dtype=torch.uint8, device=device)
+        """[N+1] uint8: channel -> label value (0 for the background). Built once per object set and device, not
+        per frame: on a GPU each build is a host-to-device copy."""
+        key = (tuple(self.ids), device)
+        if self._table is None or self._table[0] != key:
+            self._table = (key, torch.tensor([0, *self.ids], dtype=torch.uint8, device=device))
+        return self._table[1]
 
 
 class Workspace:
@@ -54,8 +60,8 @@ class Workspace:
                       for name in ("query_key", "query_value", "r3", "r2")}
         self._read_spec = specs["decoder"].inputs[0]
         self._probs_spec = specs["decoder"].outputs[0]
-        self._read = _zeros((_numel(self._read_spec.concrete({"N": max_objects})),), device)
-        self._probs = _zeros((_numel(self._probs_spec.concrete({"N": max_objects})),), device)
+        self._read = _zeros((math.prod(self._read_spec.concrete({"N": max_objects})),), device)
+        self._probs = _zeros((math.prod(self._probs_spec.concrete({"N": max_objects})),), device)
 
     @property
     def nbytes(self) -> int:
@@ -65,12 +71,12 @@ class Workspace:
     def read(self, num_objects: int) -> Tensor:
         """[N, Cv, h, w]"""
         shape = self._read_spec.concrete({"N": num_objects})
-        return self._read[: _numel(shape)].view(shape)
+        return self._read[: math.prod(shape)].view(shape)
 
     def probs(self, num_objects: int) -> Tensor:
         """[N+1, H, W] probabilities at the network input size, background first."""
         shape = self._probs_spec.concrete({"N": num_objects})
-        return self._probs[: _numel(shape)].view(shape)
+        return self._probs[: math.prod(shape)].view(shape)
 
 
 @dataclass
@@ -139,10 +145,3 @@ class StepResult:
 
 def _zeros(shape: tuple[int, ...], device: torch.device) -> Tensor:
     return torch.zeros(shape, dtype=torch.float32, device=device)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
