@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from kmnrt.framing import Framing, frame_to_tensor, one_hot_probs
+from kmnrt.runtime.inputs import mask_ids
 from kmnrt.model.kmn import KMN
 
 
@@ -96,7 +97,7 @@ class ReferenceEngine:
     @torch.inference_mode()
     def start(self, frame: np.ndarray, mask: np.ndarray) -> ReferenceState:
         framing = Framing.fitted(frame.shape[:2], self.input_size)
-        object_ids = [int(i) for i in np.unique(mask) if i != 0]
+        object_ids = mask_ids(mask)
         image = framing.to_input(frame_to_tensor(frame, self.device))[None]
         probs = one_hot_probs(mask, object_ids, self.device)
         key, value = self.model.encode_memory(image, framing.to_input(probs))

@@ -3,8 +3,8 @@
 The runtime's memory size T is pinned with its public API: the tracker is loaded with a ``mem_every`` no video
 reaches (no frame becomes permanent by itself), ``Tracker.fill_memory`` adds permanent frames, and every step adds
 the previous frame as the temporary memory frame. So after ``T - 1`` permanent frames every step reads exactly T
-frames. T = 1 (the first frame alone) needs the temporary frame dropped after each step; that touches the bank's
-slot list (see :func:`drop_temporary`).
+frames. T = 1 (the first frame alone) needs the temporary frame dropped after each step
+(:meth:`kmnrt.runtime.memory_bank.MemoryBank.drop_temporary`).
 """
 
 from __future__ import annotations
@@ -73,14 +73,7 @@ class RuntimeEngine:
         return state.bank.num_permanent
 
     def drop_temporary(self, state) -> None:
-        drop_temporary(state)
-
-
-def drop_temporary(state) -> None:
-    """Forget the session's temporary (previous-frame) memory slot, so the next step reads only the permanent
-    frames. Uses the bank's public slot list; the slot's data stays and is overwritten by the next step."""
-    bank = state.bank
-    del bank.slots[bank.num_permanent:]
+        state.bank.drop_temporary()
 
 
 def open_engine(backend: str, bundle: str | Path, device: str | None, natural_memory: bool = False) -> Engine:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from kmnrt.errors import UserInputError
+from kmnrt.runtime.inputs import mask_ids
 
 DEFAULT_SEQUENCE = "davis2016_bmx-trees"  # the longest shared sequence (80 frames)
 MAX_LOADED_FRAMES = 160
@@ -116,7 +117,7 @@ def mask_with_objects(mask: np.ndarray, objects: int) -> np.ndarray:
     median column while there are fewer."""
     if objects < 1:
         raise UserInputError(f"the number of objects must be at least 1, got {objects}")
-    ids = [int(i) for i in np.unique(mask) if i != 0]
+    ids = mask_ids(mask)
     if not ids:
         raise UserInputError("the first mask has no object (every pixel is 0)")
     out = np.zeros(mask.shape, np.uint8)
