@@ -14,9 +14,6 @@ class ServiceError(Exception):
         self.message = message
         self.headers = headers or {}
 
-    def body(self) -> dict:
-        return {"error": {"code": self.code, "message": self.message}}
-
 
 def bad_input(message: str, code: str = "invalid_input") -> ServiceError:
     return ServiceError(400, code, message)

@@ -36,7 +36,8 @@ def decode_frame(data: bytes, max_pixels: int, where: str) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()
-        return np.asarray(image.convert("RGB"))
+        # np.array (not asarray): a writable array, so the device worker does not copy the frame again
+        return np.array(image if image.mode == "RGB" else image.convert("RGB"))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
         raise bad_input(f"{where}: the {image.format} data is damaged ({exc}); send a complete JPEG or PNG file",
                         "corrupt_image") from exc

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,6 @@ class ServiceSettings:
         max_body_mb: largest request body (and WebSocket message) accepted.
         max_frame_pixels: largest frame (width x height) accepted.
         mask_format: default mask format of answers.
-        retry_after_s: Retry-After of 429 answers (503 answers estimate it from the sessions' expiry).
         tombstones: how many closed session ids keep answering 410 with their reason (oldest forgotten first).
         shutdown_grace_s: how long a shutdown waits for queued and in-flight frames.
         warmup: run a few frames through the engines before reporting ready.
@@ -66,7 +65,6 @@ class ServiceSettings:
     max_body_mb: float = 16.0
     max_frame_pixels: int = 4096 * 2160
     mask_format: str = "png"
-    retry_after_s: int = 1
     tombstones: int = 10000
     shutdown_grace_s: float = 30.0
     warmup: bool = True
@@ -101,10 +99,6 @@ class ServiceSettings:
     @property
     def memory_budget_bytes(self) -> int:
         return int(self.memory_budget_mb * 1024 * 1024)
-
-    def with_overrides(self, **overrides: Any) -> ServiceSettings:
-        """A copy with the given fields replaced (``None`` values are ignored: an unset CLI option)."""
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def load_settings(cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> ServiceSettings:

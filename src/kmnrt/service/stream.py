@@ -10,7 +10,6 @@ reads the next message only after answering the previous one, so TCP pushes back
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -25,7 +24,6 @@ from kmnrt.service.schemas import CLIENT_MESSAGES, WsAddObjects, WsClose, WsFram
 if TYPE_CHECKING:
     from kmnrt.service.app import ServiceContext
 
-log = logging.getLogger("kmnrt.service")
 stream_router = APIRouter()
 
 
