@@ -108,7 +108,8 @@ def build_plan(onnx_path: Path, plan_path: Path, spec, options, cache_bytes: byt
             config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
             _constrain_fp32(trt, network, spec)
     profile = builder.create_optimization_profile()
-    for name, (low, best, high) in profile_shapes(spec, options).items():
+    shapes = profile_shapes(spec, options)
+    for name, (low, best, high) in shapes.items():
         profile.set_shape(name, low, best, high)
     config.add_optimization_profile(profile)
     cache = config.create_timing_cache(cache_bytes)
@@ -121,7 +122,7 @@ def build_plan(onnx_path: Path, plan_path: Path, spec, options, cache_bytes: byt
     tmp.replace(plan_path)
     record = {"plan": plan_path.name, "bytes": plan_path.stat().st_size, "strongly_typed": strongly_typed,
               "seconds": round(time.perf_counter() - started, 3),
-              "profile": {k: [list(s) for s in v] for k, v in profile_shapes(spec, options).items()}}
+              "profile": {k: [list(s) for s in v] for k, v in shapes.items()}}
     return bytes(cache.serialize()), record
 
 
@@ -146,7 +147,8 @@ def rebuild_command(manifest, bundle: Path) -> str:
     return (f"kmnrt export --config {manifest.model['name']}" + (f" --checkpoint {checkpoint}" if checkpoint else "")
             + f" --height {height} --width {width} --max-objects {manifest.max_objects} --max-memory "
             f"{manifest.max_memory} --read {manifest.read['kind']} --sigma {manifest.read['sigma']} --precision "
-            f"{manifest.precision} --engine tensorrt --out {bundle} --force")
+            f"{manifest.precision} --engine tensorrt --out {bundle} --force --mem-every {manifest.mem_every} "
+            f"--max-batch {manifest.extra.get('max_batch', 4)}")
 
 
 def check_plan_compatibility(manifest, bundle: Path, current: dict | None = None) -> None:

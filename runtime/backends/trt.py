@@ -28,8 +28,9 @@ if TYPE_CHECKING:
 def plan_incompatibility(manifest: Manifest, device: torch.device) -> str | None:
     """Why this machine cannot run the bundle's plans (TensorRT version or GPU differ), or ``None``.
 
-    Uses the exporter's check when it provides one (``kmnrt.export.check_plan_compatibility``), else compares
-    the manifest's ``tensorrt`` record with the installed TensorRT and the GPU's compute capability.
+    Compares the manifest's ``tensorrt`` record with the installed TensorRT and the GPU's compute capability (a
+    plan runs on any GPU of the same capability; the exporter's ``check_plan_compatibility`` also wants the same
+    GPU name, since it is about to rebuild anyway).
     """
     import tensorrt as trt
 
