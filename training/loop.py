@@ -1,19 +1,19 @@
 """The training loop: data, optimiser, schedule, progress, checkpoints, resumable state and the loss curve.
 
-Files written to ``config.out`` (all atomically):
+Files written to ``config.out`` (atomically, except the appended ``train.log``):
 
 - ``model.safetensors``: the weights (:func:`kmnrt.model.checkpoint.save_checkpoint`), every
   ``checkpoint_every`` iterations and at the end; load with ``load_model(get_config(name), path)``;
 - ``train_state.pt``: weights, optimiser state, iteration, seed and loss history, tensors and primitives only
   (``torch.load(..., weights_only=True)`` reads it); ``--resume`` continues from it;
-- ``train_config.json`` (the run's configuration), ``losses.csv`` and ``loss_curve.png`` at the end.
+- ``train_config.json`` (the run's configuration) at the start; ``train.log`` (a line every ``log_every``
+  iterations); ``losses.csv`` and ``loss_curve.png`` at the end.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from kmnrt.data.atomic import atomic_output
 from kmnrt.errors import CheckpointError, UserInputError
 from kmnrt.model.checkpoint import load_state_into, read_checkpoint, save_checkpoint
 from kmnrt.model.config import get_config
@@ -144,12 +145,8 @@ def save_state(path: Path, model: KMN, optimizer: torch.optim.Optimizer, config:
     }
     if scaler is not None:
         state["scaler"] = scaler.state_dict()
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_output(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_state(path: Path, config: TrainConfig) -> dict:
@@ -203,7 +200,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_text(out / "train_config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    with atomic_output(out / "train_config.json") as tmp:
+        tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     dataset = build_dataset(config)
     loader = DataLoader(dataset, batch_size=config.batch, sampler=range(start * config.batch, len(dataset)),
                         collate_fn=list, num_workers=config.workers)
@@ -212,7 +210,6 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     set_train_mode(model, config.freeze_batchnorm)
     bar = tqdm(total=config.iterations, initial=start, desc=f"train {config.model} {config.stage}",
                unit="it", file=sys.stderr, dynamic_ncols=True, disable=not progress)
-    iteration = start
     for iteration, clips in enumerate(loader, start):
         lr = learning_rate(config, iteration)
         for group in optimizer.param_groups:
@@ -230,7 +227,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
             save_state(state_path, model, optimizer, config, done, losses, scaler)
     bar.close()
     model.eval()
-    _write_text(out / "losses.csv", "iteration,loss\n" + "".join(f"{i},{v:.6f}\n" for i, v in enumerate(losses)))
+    with atomic_output(out / "losses.csv") as tmp:
+        tmp.write_text("iteration,loss\n" + "".join(f"{i},{v:.6f}\n" for i, v in enumerate(losses)))
     curve = plot_loss_curve(losses, out / "loss_curve.png", title=f"{config.model} {config.stage}")
     return TrainResult(checkpoint, state_path, curve, config.iterations, losses, time.perf_counter() - started)
 
@@ -256,8 +254,3 @@ class TrainLog:
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(text)
 
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

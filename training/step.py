@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kmnrt.framing import one_hot_probs
+from kmnrt.framing import STRIDE, one_hot_probs
 from kmnrt.model.kmn import KMN
 from kmnrt.model.memory_read import stm_read
 from kmnrt.training.clips import Clip
@@ -43,9 +43,6 @@ def aggregated_nll(probs: Tensor, labels: Tensor, hard_fraction: float = 1.0) ->
         return per_pixel.mean()
     count = max(1, int(per_pixel.numel() * hard_fraction))
     return per_pixel.flatten().topk(count).values.mean()
-
-
-STRIDE = 16  # of the key maps
 
 
 def read_mask_loss(memory_key: Tensor, memory_masks: Tensor, query_key: Tensor, target: Tensor) -> Tensor:
