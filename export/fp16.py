@@ -158,20 +158,18 @@ def fp16_parity(model, options, folder: Path, object_counts: tuple[int, ...] = (
     read_memory = MemoryRead(options.read_config).eval()
     sessions = {name: _session(folder / f"{name}.onnx") for name in specs}
     scene = Scene.build(options.height, options.width, object_counts, options.verify_frames)
-    frames = scene.frames[:PARITY_MEMORY_FRAMES] + [scene.query_frame]
     cases = []
     with torch.no_grad():
         query_t = model.encode_query(scene.query_frame)
         query_o = sessions["query_encoder"].run(None, {"frame": scene.query_frame.numpy()})
         for n in object_counts:
-            keys_t, values_t, keys_o, values_o = [], [], [], []
-            for frame, probs in zip(frames[:-1], scene.probs[n]):
-                key, value = model.encode_memory(frame, probs)
-                keys_t.append(key), values_t.append(value)
+            keys_t, values_t = scene.memory_bank(model, n, PARITY_MEMORY_FRAMES)
+            keys_o, values_o = [], []
+            for frame, probs in zip(scene.frames[:PARITY_MEMORY_FRAMES], scene.probs[n]):
                 key, value = sessions["memory_encoder"].run(None, {"frame": frame.numpy(), "probs": probs.numpy()})
                 keys_o.append(key), values_o.append(value)
-            valid = torch.ones(len(keys_t), n)
-            read_t = read_memory(torch.stack(keys_t), torch.stack(values_t), query_t.key, valid)
+            valid = torch.ones(PARITY_MEMORY_FRAMES, n)
+            read_t = read_memory(keys_t, values_t, query_t.key, valid)
             probs_t = model.decode(read_t, query_t).numpy()
             (read_o,) = sessions["memory_read"].run(None, {"memory_key": np.stack(keys_o),
                                                            "memory_value": np.stack(values_o),
@@ -182,7 +180,7 @@ def fp16_parity(model, options, folder: Path, object_counts: tuple[int, ...] = (
                           "max_prob_diff": float(np.abs(probs_o - probs_t).max()),
                           "mean_prob_diff": float(np.abs(probs_o - probs_t).mean()),
                           "query_key_max_abs_error": float(np.abs(query_o[0] - query_t.key.numpy()).max()),
-                          "memory_key_max_abs_error": float(np.abs(np.stack(keys_o) - torch.stack(keys_t).numpy()).max())})
+                          "memory_key_max_abs_error": float(np.abs(np.stack(keys_o) - keys_t.numpy()).max())})
     return {"reference": "fp32 PyTorch model", "io_dtype": "float32",
             "fp16_graphs": [n for n, s in specs.items() if not s.keep_fp32],
             "fp32_graphs": [n for n, s in specs.items() if s.keep_fp32], "cases": cases,
