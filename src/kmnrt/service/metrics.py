@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-STAGES = ("pre", "query_encode", "read", "decode", "post", "memorize", "total")
+from kmnrt.runtime.timing import STAGES as RUNTIME_STAGES
+
+STAGES = (*RUNTIME_STAGES, "total")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
