@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,8 +35,8 @@ class ExportOptions:
     width: int = 864
     max_objects: int = 4
     max_memory: int = 20               # bank slots including the previous-frame slot
-    read: str = "kmn"
-    sigma: float = 7.0
+    read: str | None = None            # None: the checkpoint's recommended read, else "kmn"
+    sigma: float | None = None         # None: the checkpoint's recommended sigma, else 7 (the paper's)
     mem_every: int = 5
     precision: str = "fp32"            # fp16: encoders and decoder in fp16, the read in fp32
     engine: str = "onnx"               # tensorrt: also build one plan per graph
@@ -47,7 +47,21 @@ class ExportOptions:
 
     @property
     def read_config(self) -> ReadConfig:
-        return ReadConfig(self.read, float(self.sigma))  # type: ignore[arg-type]
+        """The read as set; unset fields take :class:`ReadConfig`'s defaults (:func:`with_recommended_read`
+        fills them from the checkpoint first)."""
+        default = ReadConfig()
+        return ReadConfig(self.read or default.kind,  # type: ignore[arg-type]
+                          default.sigma if self.sigma is None else float(self.sigma))
+
+
+def with_recommended_read(options: ExportOptions) -> ExportOptions:
+    """Options whose unset --read/--sigma are taken from the checkpoint's recommended read, if it records one."""
+    from kmnrt.model.checkpoint import choose_read
+    from kmnrt.model.embedded import default_checkpoint
+
+    checkpoint = options.checkpoint or default_checkpoint(options.config)
+    read = choose_read(options.read, options.sigma, checkpoint)
+    return replace(options, read=read.kind, sigma=read.sigma)
 
 
 @dataclass
@@ -133,6 +147,8 @@ def library_versions() -> dict[str, str | None]:
 def export_bundle(options: ExportOptions, model=None, progress: bool = True) -> Path:
     """Build the bundle described by ``options`` (with ``model`` instead of loading one, if given) -> its path."""
     validate_options(options)
+    options = with_recommended_read(options) if model is None else replace(
+        options, read=options.read_config.kind, sigma=options.read_config.sigma)
     out = Path(options.out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -292,7 +308,7 @@ def _write_manifest(folder: Path, options: ExportOptions, model, specs, checkpoi
         format=FORMAT,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         model=model.config.to_dict(),
-        read={"kind": options.read, "sigma": float(options.sigma)},
+        read={"kind": options.read_config.kind, "sigma": options.read_config.sigma},
         checkpoint=checkpoint,
         input_size=[options.height, options.width],
         max_objects=options.max_objects,

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from kmnrt.model.cli import add_read_arguments
 from kmnrt.model.config import CONFIGS, DEFAULT_CONFIG
 
 
@@ -30,8 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="memory bank slots including the previous frame, at least 2 (default: 20)")
     parser.add_argument("--max-batch", type=int, default=4,
                         help="most frames per query-encoder call in TensorRT profiles (default: 4)")
-    parser.add_argument("--read", choices=("kmn", "stm"), default="kmn", help="memory read (default: kmn)")
-    parser.add_argument("--sigma", type=float, default=7.0, help="KMN Gaussian width in feature cells (default: 7)")
+    add_read_arguments(parser)
     parser.add_argument("--mem-every", type=int, default=5,
                         help="default memory interval recorded for the runtime (default: 5)")
     parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",

@@ -165,7 +165,7 @@ def verify_graphs(model, options, folder: Path) -> dict:
     with torch.no_grad(), tempfile.TemporaryDirectory(dir=folder, prefix=".verify-") as scratch:
         for spec in specs:
             path = folder / f"{spec.name}.onnx"
-            if spec.name == "memory_read" and options.read == "kmn":
+            if spec.name == "memory_read" and options.read_config.kind == "kmn":
                 path = with_inner_output(path, Path(scratch) / path.name, "ArgMax", MATCH_OUTPUT,
                                          onnx.TensorProto.INT64)
             elif spec.name == "decoder":

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from kmnrt.errors import CheckpointError
+from kmnrt.errors import CheckpointError, UserInputError
 from kmnrt.model.config import CONFIGS, ModelConfig, ReadConfig
 from kmnrt.model.kmn import KMN, build_model
 
@@ -104,6 +104,19 @@ def load_state_into(model: nn.Module, state: dict[str, Tensor], source: str = "c
             expected[key].copy_(tensor)
 
 
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {exc}") from None
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], ModelConfig | None]:
     """Read a checkpoint file -> (state dict in this project's names, its config if the file records one)."""
     path = Path(path)
@@ -111,11 +124,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], ModelCo
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
-        from safetensors.torch import load_file, safe_open
+        from safetensors.torch import load_file
 
+        metadata = _safetensors_metadata(path)
         try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
             state = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {exc}") from None
@@ -137,6 +149,29 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], ModelCo
     return (from_stm(raw) if is_stm_layout(raw) else raw), config
 
 
+def recommended_read(checkpoint: str | os.PathLike) -> ReadConfig | None:
+    """The memory read a kmnrt checkpoint recommends for its weights (metadata ``read``, written by the recipe that
+    measured it, e.g. the embedded default model's sigma), or None if it records none."""
+    if Path(checkpoint).suffix != ".safetensors":
+        return None
+    metadata = _safetensors_metadata(Path(checkpoint))
+    if "read" not in metadata:
+        return None
+    try:
+        read = json.loads(metadata["read"])
+        return ReadConfig(read["kind"], float(read["sigma"]))
+    except (KeyError, TypeError, ValueError, UserInputError) as exc:
+        raise CheckpointError(f"checkpoint {checkpoint} records an invalid read {metadata['read']!r}: "
+                              f"{exc}") from None
+
+
+def choose_read(kind: str | None, sigma: float | None, checkpoint: str | os.PathLike | None) -> ReadConfig:
+    """The read to run: what the user set, else what the checkpoint recommends, else :class:`ReadConfig`'s
+    defaults (KMN, the paper's sigma 7). ``kind`` and ``sigma`` are resolved independently."""
+    fallback = (recommended_read(checkpoint) if checkpoint is not None else None) or ReadConfig()
+    return ReadConfig(kind or fallback.kind, fallback.sigma if sigma is None else sigma)  # type: ignore[arg-type]
+
+
 def load_model(config: ModelConfig, checkpoint: str | os.PathLike | None = None,
                read: ReadConfig = ReadConfig()) -> KMN:
     """A KMN of ``config`` in eval mode, with the checkpoint's weights (or seeded random ones without one)."""
@@ -150,14 +185,17 @@ def load_model(config: ModelConfig, checkpoint: str | os.PathLike | None = None,
     return model
 
 
-def save_checkpoint(model: KMN, path: str | os.PathLike) -> Path:
-    """Write the project's format (safetensors + config metadata) atomically."""
+def save_checkpoint(model: KMN, path: str | os.PathLike, recommended: ReadConfig | None = None) -> Path:
+    """Write the project's format (safetensors + config metadata) atomically; ``recommended`` records the read
+    these weights were measured to work best with (see :func:`recommended_read`)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     metadata = {"format": FORMAT, "config": json.dumps(model.config.to_dict())}
+    if recommended is not None:
+        metadata["read"] = json.dumps({"kind": recommended.kind, "sigma": recommended.sigma})
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         save_file(state, str(tmp), metadata=metadata)

@@ -26,9 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="weights: STM's STM_weights.pth (with --config paper) or a kmnrt .safetensors "
                         "checkpoint; default: the embedded weights of the config if it has some, else seeded "
                         "random weights (a warning says so)")
-    parser.add_argument("--read", choices=("kmn", "stm"), default="kmn",
-                        help="memory read: KMN's kernelized read or STM's (default: kmn)")
-    parser.add_argument("--sigma", type=float, default=7.0, help="KMN Gaussian width in feature cells (default: 7)")
+    add_read_arguments(parser)
     parser.add_argument("--mem-every", type=int, default=5,
                         help="every N-th frame joins the permanent memory (default: 5)")
     parser.add_argument("--max-memory", type=int, default=None,
@@ -41,6 +39,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch device (default: cpu)")
     parser.set_defaults(handler=run_track)
+
+
+def add_read_arguments(parser: argparse.ArgumentParser) -> None:
+    """--read and --sigma, unset by default: :func:`kmnrt.model.checkpoint.choose_read` fills them from the
+    checkpoint's recommended read, else the paper's KMN read with sigma 7."""
+    parser.add_argument("--read", choices=("kmn", "stm"),
+                        help="memory read: KMN's kernelized read or STM's (default: the checkpoint's recommended "
+                        "read, else kmn)")
+    parser.add_argument("--sigma", type=float,
+                        help="KMN Gaussian width in feature cells (default: the checkpoint's recommended sigma, "
+                        "else 7, the paper's)")
 
 
 def read_masks(mask_path: Path, frame_names: list[str]) -> tuple:
@@ -63,8 +72,8 @@ def run_track(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from kmnrt.data import open_frames, write_label_png
-    from kmnrt.model.checkpoint import load_model
-    from kmnrt.model.config import ReadConfig, get_config
+    from kmnrt.model.checkpoint import choose_read, load_model
+    from kmnrt.model.config import get_config
     from kmnrt.model.reference import ReferenceTracker, TrackerConfig
     from kmnrt.model.embedded import default_checkpoint
 
@@ -75,7 +84,8 @@ def run_track(args: argparse.Namespace) -> int:
     if checkpoint is None:
         print(f"warning: no checkpoint for config '{config.name}': using seeded random weights, the masks will be "
               f"meaningless; pass --checkpoint", file=sys.stderr)
-    model = load_model(config, checkpoint, ReadConfig(args.read, args.sigma))
+    read = choose_read(args.read, args.sigma, checkpoint)
+    model = load_model(config, checkpoint, read)
     tracker = ReferenceTracker(model, TrackerConfig(args.mem_every, args.max_memory), device=args.device)
 
     source = open_frames(args.input, max_frames=args.max_frames)
@@ -92,5 +102,6 @@ def run_track(args: argparse.Namespace) -> int:
             progress.update(1)
     elapsed = time.perf_counter() - started
     print(f"tracked {len(result.object_ids)} object(s) {result.object_ids} over {count} frames in {elapsed:.1f} s "
-          f"({count / elapsed:.2f} fps, {config.name}, {args.read}, {args.device}) -> {args.out}")
+          f"({count / elapsed:.2f} fps, {config.name}, {read.kind} read, sigma {read.sigma:g}, {args.device}) "
+          f"-> {args.out}")
     return 0

@@ -1,4 +1,5 @@
-"""Typed model configurations: ``paper`` (STM/KMN sizes), ``lite`` (ResNet-18, the default) and ``tiny`` (tests)."""
+"""Typed model configurations: ``paper`` (STM/KMN sizes), ``lite`` (ResNet-18, the default), ``small`` and
+``medium`` (trainable from scratch on a CPU; ``small`` is the embedded default model) and ``tiny`` (tests)."""
 
 from __future__ import annotations
 
@@ -124,6 +125,15 @@ CONFIGS: dict[str, ModelConfig] = {
         key_dim=32,
         value_dim=64,
         decoder_dim=32,
+    ),
+    # About 1.6 M parameters: twice small's widths; measured against small for the default model
+    # (docs/default-model.md).
+    "medium": ModelConfig(
+        name="medium",
+        backbone=BackboneConfig("basic", (1, 1, 1), 32, (32, 64, 128)),
+        key_dim=64,
+        value_dim=128,
+        decoder_dim=64,
     ),
 }
 

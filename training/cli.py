@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from kmnrt.model.config import CONFIGS
+
 _EPILOG = """\
 examples:
   # pre-train the tiny model on procedural images (no data needed), 2000 iterations on the CPU
@@ -37,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", choices=("tiny", "small", "lite", "paper"), default="tiny",
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny",
                         help="model size (default: tiny); sets the default crop, batch, lr and iterations")
     parser.add_argument("--stage", choices=("pretrain", "main"), default="pretrain",
                         help="pretrain: static images + Hide-and-Seek; main: videos (default: pretrain)")

@@ -150,6 +150,7 @@ _PRESETS: dict[str, dict[str, int | float]] = {
     "paper": {"size": 384, "batch": 4, "lr": 1e-5, "pretrain": 100_000, "main": 100_000},
     "lite": {"size": 384, "batch": 4, "lr": 1e-4, "pretrain": 100_000, "main": 100_000},
     "small": {"size": 128, "batch": 4, "lr": 1e-3, "pretrain": 1_000, "main": 8_000},
+    "medium": {"size": 128, "batch": 4, "lr": 1e-3, "pretrain": 1_000, "main": 8_000},
     "tiny": {"size": 192, "batch": 4, "lr": 1e-3, "pretrain": 4_000, "main": 4_000},
 }
 

@@ -43,8 +43,9 @@ def track_and_score(model: KMN, data: str | os.PathLike[str], predictions: str |
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kmnrt.model.checkpoint import load_model
-    from kmnrt.model.config import ReadConfig, get_config
+    from kmnrt.model.checkpoint import choose_read, load_model
+    from kmnrt.model.cli import add_read_arguments
+    from kmnrt.model.config import get_config
     from kmnrt.model.kmn import build_model
 
     parser = argparse.ArgumentParser(prog="python -m kmnrt.training.scoring", description=__doc__,
@@ -52,12 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="tiny", help="model config (default: tiny)")
     parser.add_argument("--checkpoint", type=Path, help="weights (default: seeded random weights)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
-    parser.add_argument("--read", choices=("kmn", "stm"), default="kmn", help="memory read (default: kmn)")
+    add_read_arguments(parser)
     parser.add_argument("--mem-every", type=int, default=5, help="memory interval (default: 5)")
     parser.add_argument("--data", type=Path, required=True, help="DAVIS-style sequences with annotations")
     parser.add_argument("--out", type=Path, required=True, help="folder for the predicted masks")
     args = parser.parse_args(argv)
-    config, read = get_config(args.config), ReadConfig(kind=args.read)
+    config, read = get_config(args.config), choose_read(args.read, args.sigma, args.checkpoint)
     model = (load_model(config, args.checkpoint, read) if args.checkpoint is not None
              else build_model(config, read, seed=args.seed))
     result = track_and_score(model, args.data, args.out, TrackerConfig(mem_every=args.mem_every))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +126,16 @@ def test_force_replaces_a_bundle(tmp_path: Path):
     manifest = load_manifest(out)
     assert manifest.input_size == [32, 48] and first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_unset_read_options_come_from_the_checkpoints_recommendation(tmp_path: Path):
+    """--read/--sigma left unset take the checkpoint's recommended read; a value the user gives wins."""
+    from kmnrt.export.bundle import with_recommended_read
+    from kmnrt.model.checkpoint import save_checkpoint
+
+    checkpoint = save_checkpoint(build_model(get_config("tiny"), seed=1), tmp_path / "tuned.safetensors",
+                                 recommended=ReadConfig("kmn", 2.0))
+    options = ExportOptions("tiny", tmp_path / "b", checkpoint=checkpoint)
+    assert with_recommended_read(options).read_config == ReadConfig("kmn", 2.0)
+    assert with_recommended_read(replace(options, sigma=5.0)).read_config == ReadConfig("kmn", 5.0)
+    assert with_recommended_read(replace(options, checkpoint=None)).read_config == ReadConfig("kmn", 7.0)

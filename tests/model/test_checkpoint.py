@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from kmnrt.errors import CheckpointError
-from kmnrt.model.checkpoint import from_stm, load_model, read_checkpoint, save_checkpoint, to_stm
+from kmnrt.model.checkpoint import (choose_read, from_stm, load_model, read_checkpoint, recommended_read,
+                                   save_checkpoint, to_stm)
 from kmnrt.model.config import ReadConfig, get_config
 from kmnrt.model.kmn import build_model
 
@@ -66,6 +67,28 @@ def test_own_format_round_trip_keeps_weights_and_config(tmp_path):
     assert config == get_config("tiny")
     assert_same_weights(load_model(get_config("tiny"), path), model)
     assert not list(tmp_path.glob("sub/.*.tmp")), "the temporary file must be renamed away"
+
+
+def test_recommended_read_round_trips_and_fills_only_what_the_user_left_unset(tmp_path):
+    model = build_model(get_config("tiny"), seed=5)
+    plain = save_checkpoint(model, tmp_path / "plain.safetensors")
+    tuned = save_checkpoint(model, tmp_path / "tuned.safetensors", recommended=ReadConfig("kmn", 1.5))
+    assert recommended_read(plain) is None and recommended_read(tmp_path / "x.pth") is None
+    assert recommended_read(tuned) == ReadConfig("kmn", 1.5)
+    assert_same_weights(load_model(get_config("tiny"), tuned), model)  # the metadata changes no weight
+    assert choose_read(None, None, tuned) == ReadConfig("kmn", 1.5)
+    assert choose_read(None, 3.0, tuned) == ReadConfig("kmn", 3.0)
+    assert choose_read("stm", None, tuned) == ReadConfig("stm", 1.5)
+    assert choose_read(None, None, plain) == choose_read(None, None, None) == ReadConfig("kmn", 7.0)
+
+
+def test_invalid_recommended_read_is_a_checkpoint_error(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "bad.safetensors"
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"read": '{"kind": "kmn", "sigma": -1}'})
+    with pytest.raises(CheckpointError, match="bad.safetensors records an invalid read"):
+        recommended_read(path)
 
 
 def test_own_format_for_another_config_names_the_right_one(tmp_path):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from kmnrt.model.checkpoint import load_model, read_checkpoint
-from kmnrt.model.config import get_config
+from kmnrt.model.checkpoint import load_model, read_checkpoint, recommended_read, save_checkpoint
+from kmnrt.model.config import ReadConfig, get_config
 from kmnrt.model.embedded import default_checkpoint
 from kmnrt.training.default_model import HELDOUT_SEED, MODEL
 from kmnrt.training.scoring import track_and_score
@@ -20,7 +21,20 @@ def test_default_checkpoint_is_embedded_small_and_loads():
     assert path.stat().st_size <= MAX_BYTES
     _, stored = read_checkpoint(path)
     assert stored == get_config(MODEL)
+    assert recommended_read(path) is not None, "the recipe records the sigma it chose on validation videos"
     assert default_checkpoint("paper") is None
+
+
+def test_install_writes_the_weights_with_the_chosen_read(tmp_path):
+    from kmnrt.model.kmn import build_model
+    from kmnrt.training.default_model import install
+
+    model = build_model(get_config("tiny"), seed=3)
+    trained = save_checkpoint(model, tmp_path / "main" / "model.safetensors")
+    install(trained, tmp_path / "weights" / "tiny.safetensors", "tiny", sigma=2.0)
+    assert recommended_read(tmp_path / "weights" / "tiny.safetensors") == ReadConfig("kmn", 2.0)
+    installed, _ = read_checkpoint(tmp_path / "weights" / "tiny.safetensors")
+    assert all(torch.equal(installed[k], v) for k, v in model.state_dict().items())
 
 
 def test_default_model_runs_the_reference_tracker_on_a_generated_video(tmp_path):
@@ -72,7 +86,7 @@ def test_recipe_main_stage_is_the_documented_kmnrt_train_command(tmp_path):
     args = parser.parse_args(
         ["train", "--config", MODEL, "--stage", "main", "--size", str(CROP), "--batch", "4", "--iterations",
          str(MAIN_ITERATIONS), "--lr", "1e-3", "--grad-clip", "1", "--tied-training", "--calibrated-init",
-         "--read-loss", "1", "--data", str(tmp_path / "videos-train"), "--threads", "1", "--checkpoint-every", "100",
+         "--read-loss", "1", "--hard-pixels", "0.25", "--data", str(tmp_path / "videos-train"), "--threads", "1", "--checkpoint-every", "100",
          "--log-every", "25", "--out", str(tmp_path / "main")])
     _, main = stage_configs(tmp_path, threads=1, device="cpu")
     assert config_from_args(args) == main
