@@ -113,8 +113,8 @@ def score(checkpoint: Path, data: Path, predictions: Path, model: str = MODEL, s
     from kmnrt.training.scoring import track_and_score
 
     shutil.rmtree(predictions, ignore_errors=True)
-    model = load_model(get_config(model), checkpoint, ReadConfig("kmn", sigma))
-    result = track_and_score(model, data, predictions, progress=False)
+    network = load_model(get_config(model), checkpoint, ReadConfig("kmn", sigma))
+    result = track_and_score(network, data, predictions, progress=False)
     result.write_json(predictions / "scores.json")
     print(result.format_table(), file=sys.stderr)
     return json.loads((predictions / "scores.json").read_text())
@@ -151,6 +151,7 @@ def check_install_target(path: Path, config: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kmnrt.errors import UserInputError
     from kmnrt.training.videos import write_video_dataset
 
     parser = argparse.ArgumentParser(prog="python -m kmnrt.training.default_model", description=__doc__,
@@ -184,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
                                ("videos-validation", VALIDATION_VIDEOS, VALIDATION_SEED),
                                ("videos-heldout", HELDOUT_VIDEOS, HELDOUT_SEED)):
         if args.videos is not None:
+            if not (args.videos / name).is_dir():
+                raise UserInputError(f"--videos {args.videos} has no {name}/: make it with `kmnrt generate-data "
+                                     f"--out {args.videos / name} --videos {videos} --seed {seed}`")
             if not (out / name).exists():
                 (out / name).symlink_to((args.videos / name).resolve(), target_is_directory=True)
         elif not (out / name).is_dir():
@@ -212,4 +216,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from kmnrt.errors import exit_status
+
+    raise SystemExit(exit_status(main))

@@ -68,4 +68,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from kmnrt.errors import exit_status
+
+    raise SystemExit(exit_status(main))

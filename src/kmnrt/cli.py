@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
 from kmnrt import __version__
-from kmnrt.errors import KmnrtError
+from kmnrt.errors import exit_status
 
 # (module, short help) in the order `kmnrt --help` lists them.
 SUBCOMMANDS = (
@@ -53,14 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0
-    try:
-        return int(args.handler(args) or 0)
-    except KmnrtError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return exit_status(lambda: int(args.handler(args) or 0))
 
 
 if __name__ == "__main__":

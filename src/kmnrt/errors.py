@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class KmnrtError(Exception):
     """Base class of the errors the CLI reports as ``error: <message>`` with a non-zero exit status."""
@@ -25,3 +28,16 @@ class VerificationError(KmnrtError):
     """An exported graph or backend disagrees with the PyTorch model beyond its tolerance."""
 
     exit_code = 3
+
+
+def exit_status(main: Callable[[], int]) -> int:
+    """Run a command's ``main`` as the ``kmnrt`` command does: a :class:`KmnrtError` becomes one ``error:`` line on
+    stderr and its exit status, an interrupt status 130. For modules run with ``python -m``."""
+    try:
+        return main()
+    except KmnrtError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -99,3 +99,15 @@ def test_recipe_finetune_stage_starts_from_the_main_stage(tmp_path):
     config = finetune_config(tmp_path, 1, "cpu", iterations=10)
     assert config.init == tmp_path / "main" / "model.safetensors" and config.seed == 1
     assert config.optim.lr == FINETUNE_LR and config.tied_training and not config.calibrated_init
+
+
+def test_recipe_reports_a_missing_video_folder_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "videos").mkdir()
+    run = subprocess.run([sys.executable, "-m", "kmnrt.training.default_model", "--out", str(tmp_path / "out"),
+                          "--videos", str(tmp_path / "videos")], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.startswith("error: --videos") and "kmnrt generate-data" in run.stderr
+    assert "Traceback" not in run.stderr
