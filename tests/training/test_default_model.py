@@ -86,8 +86,8 @@ def test_recipe_main_stage_is_the_documented_kmnrt_train_command(tmp_path):
     args = parser.parse_args(
         ["train", "--config", MODEL, "--stage", "main", "--size", str(CROP), "--batch", "4", "--iterations",
          str(MAIN_ITERATIONS), "--lr", "1e-3", "--grad-clip", "1", "--tied-training", "--calibrated-init",
-         "--read-loss", "1", "--hard-pixels", "0.25", "--data", str(tmp_path / "videos-train"), "--threads", "1", "--checkpoint-every", "100",
-         "--log-every", "25", "--out", str(tmp_path / "main")])
+         "--read-loss", "1", "--hard-pixels", "0.25", "--data", str(tmp_path / "videos-train"), "--threads", "1",
+         "--checkpoint-every", "100", "--log-every", "25", "--out", str(tmp_path / "main")])
     _, main = stage_configs(tmp_path, threads=1, device="cpu")
     assert config_from_args(args) == main
 
