@@ -172,6 +172,28 @@ def choose_read(kind: str | None, sigma: float | None, checkpoint: str | os.Path
     return ReadConfig(kind or fallback.kind, fallback.sigma if sigma is None else sigma)  # type: ignore[arg-type]
 
 
+def recommended_short_side(checkpoint: str | os.PathLike) -> int | None:
+    """The short side (pixels) a kmnrt checkpoint's weights were trained to track at (metadata ``short_side``,
+    written by the recipe that trained them at that scale), or None: track frames at their own size."""
+    if Path(checkpoint).suffix != ".safetensors":
+        return None
+    recorded = _safetensors_metadata(Path(checkpoint)).get("short_side")
+    if recorded is None:
+        return None
+    if not recorded.isdigit() or int(recorded) < 16:
+        raise CheckpointError(f"checkpoint {checkpoint} records an invalid short side {recorded!r}")
+    return int(recorded)
+
+
+def choose_short_side(given: int | None, checkpoint: str | os.PathLike | None) -> int | None:
+    """The short side to track at: what the user set (0 = the frames' own size), else the checkpoint's."""
+    if given is not None:
+        if given != 0 and given < 16:
+            raise UserInputError(f"--short-side must be 0 (the frames' own size) or at least 16, got {given}")
+        return given or None
+    return recommended_short_side(checkpoint) if checkpoint is not None else None
+
+
 def load_model(config: ModelConfig, checkpoint: str | os.PathLike | None = None,
                read: ReadConfig = ReadConfig()) -> KMN:
     """A KMN of ``config`` in eval mode, with the checkpoint's weights (or seeded random ones without one)."""
@@ -185,9 +207,11 @@ def load_model(config: ModelConfig, checkpoint: str | os.PathLike | None = None,
     return model
 
 
-def save_checkpoint(model: KMN, path: str | os.PathLike, recommended: ReadConfig | None = None) -> Path:
+def save_checkpoint(model: KMN, path: str | os.PathLike, recommended: ReadConfig | None = None,
+                    short_side: int | None = None) -> Path:
     """Write the project's format (safetensors + config metadata) atomically; ``recommended`` records the read
-    these weights were measured to work best with (see :func:`recommended_read`)."""
+    these weights were measured to work best with (see :func:`recommended_read`), ``short_side`` the scale they
+    were trained to track at (:func:`recommended_short_side`)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -196,6 +220,8 @@ def save_checkpoint(model: KMN, path: str | os.PathLike, recommended: ReadConfig
     metadata = {"format": FORMAT, "config": json.dumps(model.config.to_dict())}
     if recommended is not None:
         metadata["read"] = json.dumps({"kind": recommended.kind, "sigma": recommended.sigma})
+    if short_side is not None:
+        metadata["short_side"] = str(int(short_side))
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         save_file(state, str(tmp), metadata=metadata)

@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "track",
         help="segment a video with the PyTorch reference tracker (no export needed)",
         description="Track the objects of a first-frame mask through a video with the PyTorch KMN model, following "
-        "the STM/KMN evaluation protocol (frames padded to multiples of 16; memory = first frame + every "
+        "the STM/KMN evaluation protocol (frames padded to multiples of 16, after resizing to --short-side if set; memory = first frame + every "
         "--mem-every-th frame + the previous frame). Writes one indexed DAVIS-palette PNG per frame, named like the "
         "frames and of their size, keeping the mask's label ids.",
     )
@@ -27,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "checkpoint; default: the embedded weights of the config if it has some, else seeded "
                         "random weights (a warning says so)")
     add_read_arguments(parser)
+    add_short_side_argument(parser)
     parser.add_argument("--mem-every", type=int, default=5,
                         help="every N-th frame joins the permanent memory (default: 5)")
     parser.add_argument("--max-memory", type=int, default=None,
@@ -52,6 +53,15 @@ def add_read_arguments(parser: argparse.ArgumentParser) -> None:
                         "else 7, the paper's)")
 
 
+def add_short_side_argument(parser: argparse.ArgumentParser) -> None:
+    """--short-side, unset by default: :func:`kmnrt.model.checkpoint.choose_short_side` fills it in."""
+    parser.add_argument("--short-side", type=int,
+                        help="track at this short side in pixels: frames are resized (aspect ratio kept) and the "
+                        "masks resized back to the frames' size, as STM tracks YouTube-VOS at 480p; 0 = the "
+                        "frames' own size (default: the scale the checkpoint was trained at, if it records one, "
+                        "else 0)")
+
+
 def read_masks(mask_path: Path, frame_names: list[str]) -> tuple:
     """-> (first mask, {frame index: later mask}) from a PNG file or a folder of PNGs named like the frames."""
     from kmnrt.data import read_label_png
@@ -72,7 +82,7 @@ def run_track(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from kmnrt.data import open_frames, write_label_png
-    from kmnrt.model.checkpoint import choose_read, load_model
+    from kmnrt.model.checkpoint import choose_read, choose_short_side, load_model
     from kmnrt.model.config import get_config
     from kmnrt.model.reference import ReferenceTracker, TrackerConfig
     from kmnrt.model.embedded import default_checkpoint
@@ -86,7 +96,8 @@ def run_track(args: argparse.Namespace) -> int:
               f"meaningless; pass --checkpoint", file=sys.stderr)
     read = choose_read(args.read, args.sigma, checkpoint)
     model = load_model(config, checkpoint, read)
-    tracker = ReferenceTracker(model, TrackerConfig(args.mem_every, args.max_memory), device=args.device)
+    short_side = choose_short_side(args.short_side, checkpoint)
+    tracker = ReferenceTracker(model, TrackerConfig(args.mem_every, args.max_memory, short_side), device=args.device)
 
     source = open_frames(args.input, max_frames=args.max_frames)
     first_mask, later_masks = read_masks(args.mask, source.names)
@@ -102,6 +113,7 @@ def run_track(args: argparse.Namespace) -> int:
             progress.update(1)
     elapsed = time.perf_counter() - started
     print(f"tracked {len(result.object_ids)} object(s) {result.object_ids} over {count} frames in {elapsed:.1f} s "
-          f"({count / elapsed:.2f} fps, {config.name}, {read.kind} read, sigma {read.sigma:g}, {args.device}) "
+          f"({count / elapsed:.2f} fps, {config.name}, {read.kind} read, sigma {read.sigma:g}, "
+          f"{f'short side {short_side}' if short_side else 'own size'}, {args.device}) "
           f"-> {args.out}")
     return 0

@@ -1,7 +1,8 @@
 """The reference tracker: the STM/KMN evaluation protocol in plain PyTorch, the oracle for every backend.
 
 Protocol (STM ``eval_DAVIS.py``, which KMN follows): the first frame's mask is given; every frame is zero-padded to
-multiples of 16 and the output cropped back; frame t is segmented with a memory of the first frame, every
+multiples of 16 and the output cropped back (optionally resized first to a chosen short side, as STM does for
+YouTube-VOS, and the probabilities resized back); frame t is segmented with a memory of the first frame, every
 ``mem_every``-th frame and the previous frame; the soft probabilities (not a hard mask) are fed to the memory
 encoder; objects are combined by soft aggregation; the labels are the argmax at the original size.
 
@@ -33,6 +34,7 @@ from kmnrt.model.kmn import KMN
 class TrackerConfig:
     mem_every: int = 5             # every mem_every-th frame joins the permanent memory (STM's Mem_every)
     max_memory: int | None = None  # memory slots including the previous-frame slot; None = unbounded (STM)
+    short_side: int | None = None  # track at this short side (frames resized, masks resized back); None = as is
 
     def __post_init__(self) -> None:
         if self.mem_every < 1:
@@ -40,6 +42,8 @@ class TrackerConfig:
         if self.max_memory is not None and self.max_memory < 2:
             raise UserInputError(f"max_memory must be at least 2 (the first frame and the previous frame), "
                                  f"got {self.max_memory}")
+        if self.short_side is not None and self.short_side < 16:
+            raise UserInputError(f"short_side must be at least 16 pixels, got {self.short_side}")
 
 
 @dataclass
@@ -123,7 +127,7 @@ class ReferenceTracker:
         for index, frame in enumerate(frames):
             frame = np.asarray(frame)
             if framing is None:
-                framing = Framing.padded(frame.shape[:2])
+                framing = Framing.scaled(frame.shape[:2], self.config.short_side)
                 first_mask = _check_mask(first_mask, framing.frame_size, "first mask")
                 object_ids = [int(i) for i in np.unique(first_mask) if i != 0]
                 if not object_ids:
@@ -134,19 +138,23 @@ class ReferenceTracker:
             image = framing.to_input(frame_to_tensor(frame, self.device))[None]
             if index == 0:
                 probs = one_hot_probs(first_mask, object_ids, self.device)
+                memorised = framing.to_input(probs)
                 joined = True
             else:
                 key, value, valid = memory.stacked(len(object_ids))
-                probs = framing.to_frame(self.model.segment(image, key, value, valid))
+                # the network's own probabilities are memorised (padding zeroed), not their resized-back copy
+                memorised = framing.clear_padding(self.model.segment(image, key, value, valid))
+                probs = framing.to_frame(memorised)
                 joined = False
                 if index in later_masks:
                     mask = _check_mask(later_masks[index], framing.frame_size, f"mask of frame {index}")
                     new_ids = [int(i) for i in np.unique(mask) if i != 0 and int(i) not in object_ids]
                     if new_ids:
                         probs = _join_objects(probs, mask, new_ids, self.device)
+                        memorised = framing.to_input(probs)
                         object_ids += new_ids
                         joined = True
-            key, value = self.model.encode_memory(image, framing.to_input(probs))
+            key, value = self.model.encode_memory(image, memorised)
             permanent = joined or index % self.config.mem_every == 0
             memory.add(_MemoryFrame(index, key, value, permanent=permanent, protected=joined))
             yield _result(index, object_ids, probs)

@@ -341,7 +341,7 @@ class Tracker:
         state = job.state
         ws, bank, n = state.workspace, state.bank, state.objects.count
         probs = ws.probs(n)
-        _zero_padding(probs, state.framing)  # the reference feeds zero probabilities outside the frame
+        state.framing.clear_padding(probs)  # the reference feeds zero probabilities outside the frame
         joined = bool(job.new_ids)
         permanent = joined or job.permanent or job.index % self.spec.mem_every == 0
         slot, permanent = bank.choose_slot(job.index, permanent, protected=joined)
@@ -376,12 +376,3 @@ class _Job:
     new_ids: list[int] = field(default_factory=list)
     permanent: bool = False        # memorise as permanent whatever the index (fill_memory)
 
-
-def _zero_padding(probs: Tensor, framing: Framing) -> None:
-    """Zero [K, H, W] outside the (resized) frame, in place."""
-    top, bottom, left, right = framing.padding
-    height, width = probs.shape[1:]
-    probs[:, :top].zero_()
-    probs[:, height - bottom:].zero_()
-    probs[:, :, :left].zero_()
-    probs[:, :, width - right:].zero_()

@@ -67,11 +67,13 @@ def colour_jitter(rng: np.random.Generator, image: np.ndarray, strength: float) 
 
 
 def random_resize_crop(rng: np.random.Generator, frames: list[np.ndarray], masks: list[np.ndarray], size: int,
+                       short_side: int | None = None,
                        zoom: tuple[float, float] = (1.0, 1.3)) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Main training's crop: resize all frames alike so the short side is ``size`` times a random ``zoom``, then
-    cut the same random ``size`` x ``size`` window out of each."""
+    """Main training's crop: resize all frames alike so the short side is ``short_side`` (default ``size``) times
+    a random ``zoom``, then cut the same random ``size`` x ``size`` window out of each. A short side above the
+    crop trains at a larger scale than the whole frame would fit: match it when tracking (``--short-side``)."""
     h, w = frames[0].shape[:2]
-    scale = size / min(h, w) * rng.uniform(*zoom)
+    scale = (short_side or size) / min(h, w) * rng.uniform(*zoom)
     new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
     top, left = int(rng.integers(0, new_h - size + 1)), int(rng.integers(0, new_w - size + 1))
     out_frames, out_masks = [], []

@@ -51,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch", type=int, help="clips per step (default: 4)")
     parser.add_argument("--size", type=int,
                         help="square crop side in pixels, a multiple of 16 (default: 384; tiny: 192)")
+    parser.add_argument("--short-side", type=int,
+                        help="main: resize frames to this short side (times a random zoom of 1-1.3) before "
+                        "cropping (default: the crop size); track at the same scale (kmnrt track --short-side)")
     parser.add_argument("--lr", type=float,
                         help="Adam learning rate (default: paper 1e-5, lite 1e-4, tiny 1e-3), poly-decayed")
     parser.add_argument("--constant-lr", action="store_true", help="no poly decay of the learning rate")
@@ -136,7 +139,7 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig (imported lazi
     from kmnrt.training.config import preset
 
     config = preset(args.config, args.stage, args.out, iterations=args.iterations, batch=args.batch,
-                    size=args.size, lr=args.lr, seed=args.seed, data=args.data, init=args.init,
+                    size=args.size, short_side=args.short_side, lr=args.lr, seed=args.seed, data=args.data, init=args.init,
                     resume=args.resume, device=args.device, max_objects=args.max_objects,
                     checkpoint_every=args.checkpoint_every, workers=args.workers, threads=args.threads,
                     log_every=args.log_every, amp=not args.no_amp, freeze_batchnorm=not args.train_batchnorm,

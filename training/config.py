@@ -86,6 +86,7 @@ class TrainConfig:
     iterations: int
     batch: int
     size: int
+    short_side: int | None = None  # main: frames resized to this short side (x a random zoom) before the crop
     seed: int = 0
     data: Path | None = None
     init: Path | None = None
@@ -118,6 +119,8 @@ class TrainConfig:
         if self.size < 32 or self.size % 16:
             raise UserInputError(f"--size must be a multiple of 16 and at least 32 (the network's stride is 16), "
                                  f"got {self.size}")
+        if self.short_side is not None and self.short_side < self.size:
+            raise UserInputError(f"--short-side must be at least the crop size {self.size}, got {self.short_side}")
         if not self.optim.lr > 0:
             raise UserInputError(f"--lr must be positive, got {self.optim.lr}")
         if not self.optim.read_loss_weight >= 0:

@@ -151,6 +151,6 @@ class VideoClips(_IndexedClips):
         for i, frame, mask in zip(indices, frames, masks):
             if frame.shape[:2] != mask.shape:
                 raise UserInputError(f"mask {sequence.masks[i]} and frame {sequence.frames[i]} differ in size")
-        frames, masks = random_resize_crop(rng, frames, masks, self.config.size)
+        frames, masks = random_resize_crop(rng, frames, masks, self.config.size, self.config.short_side)
         frames, masks = maybe_flip(rng, frames, masks)
         return finish_clip(rng, frames, masks, self.config.max_objects)

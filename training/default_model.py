@@ -40,6 +40,7 @@ FINETUNE_ITERATIONS = 0  # a second main stage from the first's weights (lr rest
 FINETUNE_LR = 3e-4
 READ_LOSS = 1.0          # weight of the auxiliary attention loss (kmnrt.training.step.read_mask_loss)
 GRAD_CLIP = 1.0          # global gradient norm; without it a run from random weights can blow up in its first steps
+SHORT_SIDE: int | None = None  # placeholder, set below once measured
 HARD_PIXELS = 0.25       # bootstrapped cross-entropy over the hardest quarter of the pixels (small objects, edges)
 BATCH = 4
 TRAIN_VIDEOS, TRAIN_SEED = 300, 1
@@ -58,8 +59,8 @@ def with_losses(config: TrainConfig) -> TrainConfig:
 
 
 def stage_configs(out: Path, threads: int | None, device: str, model: str = MODEL, crop: int = CROP,
-                  main_iterations: int = MAIN_ITERATIONS,
-                  pretrain_iterations: int = PRETRAIN_ITERATIONS) -> tuple[TrainConfig | None, TrainConfig]:
+                  main_iterations: int = MAIN_ITERATIONS, pretrain_iterations: int = PRETRAIN_ITERATIONS,
+                  short_side: int | None = SHORT_SIDE) -> tuple[TrainConfig | None, TrainConfig]:
     """The stages exactly as ``kmnrt train`` runs them (see docs/default-model.md for the command lines); the
     pre-training stage is None when it has 0 iterations. From random weights, both start with the memory trunk
     and key head tied to the query side's (``--tied-training``) and a calibrated initialisation."""
@@ -72,7 +73,7 @@ def stage_configs(out: Path, threads: int | None, device: str, model: str = MODE
         pretrain = dataclasses.replace(with_losses(pretrain), hide_and_seek=dataclasses.replace(
             pretrain.hide_and_seek, grid=crop // 16))
     main = preset(model, "main", out / "main", iterations=main_iterations, lr=MAIN_LR, data=out / "videos-train",
-                  init=out / "pretrain" / "model.safetensors" if pretrain is not None else None,
+                  short_side=short_side, init=out / "pretrain" / "model.safetensors" if pretrain is not None else None,
                   calibrated_init=pretrain is None, **common)
     return pretrain, with_losses(main)
 
@@ -106,35 +107,42 @@ def run_stage(config: TrainConfig) -> Path:
     return train(config).checkpoint
 
 
-def score(checkpoint: Path, data: Path, predictions: Path, model: str = MODEL, sigma: float = 7.0) -> dict:
-    """J&F of the reference tracker (KMN read with ``sigma``, mem_every 5) with these weights over ``data``."""
+def score(checkpoint: Path, data: Path, predictions: Path, model: str = MODEL, sigma: float = 7.0,
+          short_side: int | None = SHORT_SIDE) -> dict:
+    """J&F of the reference tracker (KMN read with ``sigma``, mem_every 5, frames resized to ``short_side``) with
+    these weights over ``data``."""
     from kmnrt.model.checkpoint import load_model
     from kmnrt.model.config import ReadConfig, get_config
+    from kmnrt.model.reference import TrackerConfig
     from kmnrt.training.scoring import track_and_score
 
     shutil.rmtree(predictions, ignore_errors=True)
     network = load_model(get_config(model), checkpoint, ReadConfig("kmn", sigma))
-    result = track_and_score(network, data, predictions, progress=False)
+    result = track_and_score(network, data, predictions, TrackerConfig(mem_every=5, short_side=short_side),
+                             progress=False)
     result.write_json(predictions / "scores.json")
     print(result.format_table(), file=sys.stderr)
     return json.loads((predictions / "scores.json").read_text())
 
 
-def choose_sigma(checkpoint: Path, validation: Path, predictions: Path, model: str) -> tuple[float, dict]:
+def choose_sigma(checkpoint: Path, validation: Path, predictions: Path, model: str,
+                 short_side: int | None) -> tuple[float, dict]:
     """-> (the sigma of ``SIGMAS`` with the best validation J&F, {sigma: J&F})."""
-    scores = {sigma: score(checkpoint, validation, predictions / f"sigma-{sigma:g}", model, sigma)["global"]
-              for sigma in SIGMAS}
+    scores = {sigma: score(checkpoint, validation, predictions / f"sigma-{sigma:g}", model, sigma,
+                           short_side)["global"] for sigma in SIGMAS}
     sweep = {f"{sigma:g}": round(result["J&F-Mean"], 4) for sigma, result in scores.items()}
     return max(scores, key=lambda sigma: scores[sigma]["J&F-Mean"]), sweep
 
 
-def install(checkpoint: Path, target: Path, model: str, sigma: float) -> None:
-    """Write the weights to ``target`` (atomically) with their recommended read in the metadata."""
+def install(checkpoint: Path, target: Path, model: str, sigma: float, short_side: int | None) -> None:
+    """Write the weights to ``target`` (atomically) with their recommended read and tracking scale in the
+    metadata."""
     from kmnrt.model.checkpoint import load_model, save_checkpoint
     from kmnrt.model.config import ReadConfig, get_config
 
     read = ReadConfig("kmn", sigma)
-    save_checkpoint(load_model(get_config(model), checkpoint, read), target, recommended=read)
+    save_checkpoint(load_model(get_config(model), checkpoint, read), target, recommended=read,
+                    short_side=short_side)
 
 
 def check_install_target(path: Path, config: str) -> None:
@@ -166,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
                         "model/weights/small_synthetic.safetensors)")
     parser.add_argument("--config", default=MODEL, help=f"model config (default: {MODEL}; others for experiments)")
     parser.add_argument("--size", type=int, default=CROP, help=f"training crop (default: {CROP})")
+    parser.add_argument("--short-side", type=int, default=SHORT_SIDE,
+                        help=f"train with frames resized to this short side, track at it (default: {SHORT_SIDE}; "
+                        "0: the crop size, track at the frames' own size)")
     parser.add_argument("--iterations", type=int, default=MAIN_ITERATIONS,
                         help=f"main-training iterations (default: {MAIN_ITERATIONS})")
     parser.add_argument("--pretrain-iterations", type=int, default=PRETRAIN_ITERATIONS,
@@ -192,22 +203,26 @@ def main(argv: list[str] | None = None) -> int:
                 (out / name).symlink_to((args.videos / name).resolve(), target_is_directory=True)
         elif not (out / name).is_dir():
             write_video_dataset(out / name, videos, seed)
+    short_side = args.short_side or None
     pretrain, main_stage = stage_configs(out, args.threads, args.device, args.config, args.size, args.iterations,
-                                         args.pretrain_iterations)
+                                         args.pretrain_iterations, short_side)
     if pretrain is not None:
         run_stage(pretrain)
     checkpoint = run_stage(main_stage)
     finetune = finetune_config(out, args.threads, args.device, args.config, args.size, args.finetune_iterations)
     if finetune is not None:
         checkpoint = run_stage(finetune)
-    sigma, sweep = choose_sigma(checkpoint, out / "videos-validation", out / "predictions-validation", args.config)
-    summary = {"model": args.config, "checkpoint": str(checkpoint), "sigma": sigma, "validation_by_sigma": sweep,
+    sigma, sweep = choose_sigma(checkpoint, out / "videos-validation", out / "predictions-validation", args.config,
+                                short_side)
+    summary = {"model": args.config, "checkpoint": str(checkpoint), "sigma": sigma, "short_side": short_side,
+               "validation_by_sigma": sweep,
                "heldout": score(checkpoint, out / "videos-heldout", out / "predictions-heldout", args.config,
-                                sigma)["global"]}
+                                sigma, short_side)["global"]}
     if args.real is not None:
-        summary["real"] = score(checkpoint, args.real, out / "predictions-real", args.config, sigma)["global"]
+        summary["real"] = score(checkpoint, args.real, out / "predictions-real", args.config, sigma,
+                                short_side)["global"]
     if args.install is not None:
-        install(checkpoint, args.install, args.config, sigma)
+        install(checkpoint, args.install, args.config, sigma, short_side)
         summary["installed"] = str(args.install)
     summary["seconds_this_run"] = round(time.perf_counter() - started)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -43,8 +43,8 @@ def track_and_score(model: KMN, data: str | os.PathLike[str], predictions: str |
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kmnrt.model.checkpoint import choose_read, load_model
-    from kmnrt.model.cli import add_read_arguments
+    from kmnrt.model.checkpoint import choose_read, choose_short_side, load_model
+    from kmnrt.model.cli import add_read_arguments, add_short_side_argument
     from kmnrt.model.config import get_config
     from kmnrt.model.kmn import build_model
 
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, help="weights (default: seeded random weights)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
     add_read_arguments(parser)
+    add_short_side_argument(parser)
     parser.add_argument("--mem-every", type=int, default=5, help="memory interval (default: 5)")
     parser.add_argument("--data", type=Path, required=True, help="DAVIS-style sequences with annotations")
     parser.add_argument("--out", type=Path, required=True, help="folder for the predicted masks")
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     config, read = get_config(args.config), choose_read(args.read, args.sigma, args.checkpoint)
     model = (load_model(config, args.checkpoint, read) if args.checkpoint is not None
              else build_model(config, read, seed=args.seed))
-    result = track_and_score(model, args.data, args.out, TrackerConfig(mem_every=args.mem_every))
+    tracker = TrackerConfig(mem_every=args.mem_every, short_side=choose_short_side(args.short_side, args.checkpoint))
+    result = track_and_score(model, args.data, args.out, tracker)
     print(result.format_table())
     result.write_json(args.out / "scores.json")
     return 0

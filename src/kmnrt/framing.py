@@ -4,7 +4,8 @@ The reference protocol (STM/KMN) zero-pads each frame so that H and W become mul
 (floor on the top/left, the rest on the bottom/right), and crops the output back. A bundle has a fixed input size;
 a frame of another size is first resized (bilinear, aspect ratio kept) to fit inside it, then padded, and the
 output probabilities are cropped and resized back to the frame. When the frame already fits exactly (e.g. 480x854
-in a 480x864 bundle) no resizing happens and the result equals the reference protocol.
+in a 480x864 bundle) no resizing happens and the result equals the reference protocol. The reference tracker can
+also be told a short side to track at (:meth:`Framing.scaled`); a bundle exported for that size reproduces it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,17 @@ class Framing:
         return cls((h, w), (h, w), (round_up(h), round_up(w)))
 
     @classmethod
+    def scaled(cls, frame_size: tuple[int, int], short_side: int | None) -> Framing:
+        """The reference protocol at a chosen scale: resize (aspect ratio kept) so the short side is
+        ``short_side`` pixels, as STM does with YouTube-VOS at 480p, then pad; None = :meth:`padded`."""
+        h, w = frame_size
+        if short_side is None or short_side == min(h, w):
+            return cls.padded(frame_size)
+        scale = short_side / min(h, w)
+        resized = (max(1, round(h * scale)), max(1, round(w * scale)))
+        return cls((h, w), resized, (round_up(resized[0]), round_up(resized[1])))
+
+    @classmethod
     def fitted(cls, frame_size: tuple[int, int], input_size: tuple[int, int]) -> Framing:
         """Resize to fit inside ``input_size`` keeping the aspect ratio (only if it does not fit as is), then pad."""
         h, w = frame_size
@@ -63,6 +75,16 @@ class Framing:
             planes = F.interpolate(planes[None], size=self.resized_size, mode="bilinear", align_corners=False)[0]
         top, bottom, left, right = self.padding
         return F.pad(planes, (left, right, top, bottom))
+
+    def clear_padding(self, planes: Tensor) -> Tensor:
+        """Zero [C, Hn, Wn] network planes outside the (resized) frame, in place; returns them."""
+        top, bottom, left, right = self.padding
+        height, width = planes.shape[1:]
+        planes[:, :top].zero_()
+        planes[:, height - bottom:].zero_()
+        planes[:, :, :left].zero_()
+        planes[:, :, width - right:].zero_()
+        return planes
 
     def to_frame(self, planes: Tensor) -> Tensor:
         """[C, Hn, Wn] network output -> [C, H, W] at the frame's size (crop, then resize back if needed)."""

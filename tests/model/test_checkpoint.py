@@ -7,9 +7,9 @@ import pickle
 import pytest
 import torch
 
-from kmnrt.errors import CheckpointError
-from kmnrt.model.checkpoint import (choose_read, from_stm, load_model, read_checkpoint, recommended_read,
-                                   save_checkpoint, to_stm)
+from kmnrt.errors import CheckpointError, UserInputError
+from kmnrt.model.checkpoint import (choose_read, choose_short_side, from_stm, load_model, read_checkpoint,
+                                   recommended_read, recommended_short_side, save_checkpoint, to_stm)
 from kmnrt.model.config import ReadConfig, get_config
 from kmnrt.model.kmn import build_model
 
@@ -89,6 +89,23 @@ def test_invalid_recommended_read_is_a_checkpoint_error(tmp_path):
     save_file({"x": torch.zeros(1)}, str(path), metadata={"read": '{"kind": "kmn", "sigma": -1}'})
     with pytest.raises(CheckpointError, match="bad.safetensors records an invalid read"):
         recommended_read(path)
+
+
+def test_recommended_short_side_round_trips_and_yields_to_the_user(tmp_path):
+    model = build_model(get_config("tiny"), seed=5)
+    plain = save_checkpoint(model, tmp_path / "plain.safetensors")
+    scaled = save_checkpoint(model, tmp_path / "scaled.safetensors", short_side=288)
+    assert recommended_short_side(plain) is None and recommended_short_side(tmp_path / "x.pth") is None
+    assert recommended_short_side(scaled) == 288
+    assert choose_short_side(None, scaled) == 288 and choose_short_side(None, None) is None
+    assert choose_short_side(480, scaled) == 480 and choose_short_side(0, scaled) is None  # 0: the frames' size
+    with pytest.raises(UserInputError, match="--short-side must be 0"):
+        choose_short_side(8, scaled)
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "bad.safetensors"), metadata={"short_side": "big"})
+    with pytest.raises(CheckpointError, match="bad.safetensors records an invalid short side"):
+        recommended_short_side(tmp_path / "bad.safetensors")
 
 
 def test_own_format_for_another_config_names_the_right_one(tmp_path):

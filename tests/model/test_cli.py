@@ -56,11 +56,19 @@ def test_track_reads_a_video_file(tmp_path, capsys, tiny_checkpoint):
     mask = np.zeros((48, 80), np.uint8)
     mask[16:33, 12:29] = 1
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    code, _, err = run(capsys, "--config", "tiny", "--checkpoint", tiny_checkpoint, "--input", video,
-                       "--mask", tmp_path / "mask.png", "--out", tmp_path / "pred")
+    code, stdout, err = run(capsys, "--config", "tiny", "--checkpoint", tiny_checkpoint, "--input", video,
+                            "--mask", tmp_path / "mask.png", "--out", tmp_path / "pred")
     assert code == 0, err
     assert len(list((tmp_path / "pred").glob("*.png"))) == 5
     assert Image.open(tmp_path / "pred" / "00004.png").size == (80, 48)
+    assert "own size" in stdout
+
+    scaled = save_checkpoint(build_model(get_config("tiny"), seed=0), tmp_path / "scaled.safetensors", short_side=96)
+    code, stdout, err = run(capsys, "--config", "tiny", "--checkpoint", scaled, "--input", video,
+                            "--mask", tmp_path / "mask.png", "--out", tmp_path / "scaled")
+    assert code == 0, err
+    assert "short side 96" in stdout  # the checkpoint's training scale is the default
+    assert Image.open(tmp_path / "scaled" / "00004.png").size == (80, 48)  # masks come back at the frames' size
 
 
 def test_random_weights_come_with_a_warning(tmp_path, capsys, shared_vos):
@@ -91,11 +99,13 @@ def bad_input_cases(tmp_path, shared_vos):
         "checkpoint of another architecture": (["--input", frames, "--mask", mask, "--checkpoint", other],
                                                "does not fit the tiny model"),
         "missing mask": (["--input", frames, "--mask", tmp_path / "nope.png"], "nope.png"),
+        "tiny short side": (["--input", frames, "--mask", mask, "--short-side", 8], "--short-side must be 0"),
     }
 
 
 @pytest.mark.parametrize("case", ["empty frame folder", "mask of another size", "first mask without object",
-                                  "unreadable image", "checkpoint of another architecture", "missing mask"])
+                                  "unreadable image", "checkpoint of another architecture", "missing mask",
+                                  "tiny short side"])
 def test_bad_input_gives_one_clear_error(tmp_path, capsys, shared_vos, tiny_checkpoint, case):
     args, expected = bad_input_cases(tmp_path, shared_vos)[case]
     if "--checkpoint" not in args:

@@ -61,6 +61,22 @@ def test_frames_are_padded_and_cropped_back(tiny_model):
     assert results[-1].labels.shape == (37, 50) and results[-1].probs.shape == (2, 37, 50)
 
 
+def test_tracking_at_a_short_side_resizes_in_and_back(tiny_model):
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (37, 50, 3), dtype=np.uint8) for _ in range(3)]
+    mask = np.zeros((37, 50), np.uint8)
+    mask[10:20, 10:30] = 2
+    as_is = list(ReferenceTracker(tiny_model).track(frames, mask))
+    same = list(ReferenceTracker(tiny_model, TrackerConfig(short_side=37)).track(frames, mask))
+    doubled = list(ReferenceTracker(tiny_model, TrackerConfig(short_side=74)).track(frames, mask))
+    assert all(np.array_equal(a.probs, b.probs) for a, b in zip(as_is, same))
+    assert all(r.probs.shape == (2, 37, 50) and r.labels.shape == (37, 50) for r in doubled)
+    assert np.array_equal(doubled[0].labels, mask)  # the given mask comes back exactly
+    assert np.abs(doubled[-1].probs - as_is[-1].probs).max() > 1e-3  # the network did see other pixels
+    with pytest.raises(UserInputError, match="short_side"):
+        TrackerConfig(short_side=8)
+
+
 def _entry(index, permanent, protected=False):
     return _MemoryFrame(index, torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1), permanent, protected)
 

@@ -62,6 +62,23 @@ def test_matches_the_reference_with_late_object_and_eviction(folded_model, bmx_s
     assert sorted(state.bank.frame_indices()) == [0, 4, 15]  # first and join frames stay; 15 is permanent
 
 
+def test_a_bundle_at_twice_the_frame_size_tracks_like_the_reference_at_that_short_side(folded_model, bmx_small):
+    """Frames half the input size are resized up to fit it: the reference tracking at that short side
+    (``TrackerConfig.short_side``, what a checkpoint trained at that scale asks for) is the same computation."""
+    import cv2
+
+    half = [cv2.resize(frame, (INPUT[1] // 2, INPUT[0] // 2), interpolation=cv2.INTER_AREA)
+            for frame in bmx_small.frames[:6]]
+    first = cv2.resize(bmx_small.first_mask, (INPUT[1] // 2, INPUT[0] // 2), interpolation=cv2.INTER_NEAREST)
+    reference = list(ReferenceTracker(folded_model, TrackerConfig(mem_every=3, short_side=INPUT[0])).track(half, first))
+    tracker = make_tracker(folded_model, max_memory=8)
+    state = tracker.start(half[0], first)
+    for index in range(1, len(half)):
+        result = tracker.step(state, half[index])
+        assert result.mask.shape == half[index].shape[:2]
+        assert np.array_equal(result.probs_numpy(), reference[index].probs), index
+
+
 def test_step_batch_equals_step(tiny_model, bmx_small):
     """One encoder call for two sessions gives each session what ``step`` gives it: the same features up to the
     batched convolution's rounding (1e-6; the KMN argmax can turn that into 1e-3 in a probability), so the same

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from kmnrt.errors import UserInputError
+from kmnrt.training.augment import random_resize_crop
 from kmnrt.training.clips import select_objects
 from kmnrt.training.config import SkipCurriculum, SyntheticConfig, preset
 from kmnrt.training.datasets import (
@@ -158,6 +160,21 @@ def _labels_match_colours(frame: np.ndarray, labels: np.ndarray) -> None:
     colour_label = np.select([frame[..., 0] > 200, frame[..., 1] > 200], [1, 2], 0)
     assert interior.sum() > 0.5 * labels.size
     assert np.array_equal(colour_label[interior], labels[interior])
+
+
+def test_short_side_sets_the_training_scale_independently_of_the_crop():
+    stripes = (np.arange(64) // 4 % 2).astype(np.uint8)  # vertical stripes 4 px wide
+    mask = np.tile(stripes, (64, 1))
+    frame = np.repeat(mask[..., None] * 255, 3, axis=2)
+
+    def stripe_edges(short_side):
+        _, masks = random_resize_crop(np.random.default_rng(0), [frame], [mask], 32, short_side)
+        return int(np.count_nonzero(np.diff(masks[0][16].astype(int))))
+
+    assert stripe_edges(None) >= 10  # short side 32-42: stripes 2-2.6 px, at least 12 edges across the crop
+    assert stripe_edges(128) <= 4   # short side 128-166: stripes 8-10.4 px
+    with pytest.raises(UserInputError, match="--short-side"):
+        preset("small", "main", Path("out"), short_side=64, size=128)
 
 
 def test_static_clip_masks_move_with_their_images():

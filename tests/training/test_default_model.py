@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kmnrt.model.checkpoint import load_model, read_checkpoint, recommended_read, save_checkpoint
+from kmnrt.model.checkpoint import (load_model, read_checkpoint, recommended_read, recommended_short_side,
+                                   save_checkpoint)
 from kmnrt.model.config import ReadConfig, get_config
 from kmnrt.model.embedded import default_checkpoint
 from kmnrt.training.default_model import HELDOUT_SEED, MODEL
@@ -25,14 +26,15 @@ def test_default_checkpoint_is_embedded_small_and_loads():
     assert default_checkpoint("paper") is None
 
 
-def test_install_writes_the_weights_with_the_chosen_read(tmp_path):
+def test_install_writes_the_weights_with_the_chosen_read_and_scale(tmp_path):
     from kmnrt.model.kmn import build_model
     from kmnrt.training.default_model import install
 
     model = build_model(get_config("tiny"), seed=3)
     trained = save_checkpoint(model, tmp_path / "main" / "model.safetensors")
-    install(trained, tmp_path / "weights" / "tiny.safetensors", "tiny", sigma=2.0)
+    install(trained, tmp_path / "weights" / "tiny.safetensors", "tiny", sigma=2.0, short_side=288)
     assert recommended_read(tmp_path / "weights" / "tiny.safetensors") == ReadConfig("kmn", 2.0)
+    assert recommended_short_side(tmp_path / "weights" / "tiny.safetensors") == 288
     installed, _ = read_checkpoint(tmp_path / "weights" / "tiny.safetensors")
     assert all(torch.equal(installed[k], v) for k, v in model.state_dict().items())
 
