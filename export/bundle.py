@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import shutil
 import sys
@@ -15,15 +16,20 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kmnrt.errors import UserInputError, VerificationError
 from kmnrt.model.config import ReadConfig, get_config
+
+if TYPE_CHECKING:
+    from kmnrt.model.kmn import KMN
 
 PRECISIONS = ("fp32", "fp16")
 ENGINES = ("onnx", "tensorrt")
 WEIGHTS = "weights.safetensors"
 REPORT = "report.json"
 RANDOM_SEED = 0
+DEFAULT_HEIGHT = 480
 
 
 @dataclass(frozen=True)
@@ -31,8 +37,8 @@ class ExportOptions:
     config: str
     out: Path
     checkpoint: Path | None = None    # None: the config's embedded checkpoint if any, else seeded random weights
-    height: int = 480
-    width: int = 864
+    height: int | None = None         # None: the checkpoint's training short side if it records one, else 480
+    width: int | None = None          # None: 16:9 to the height (864 for 480), rounded up to a multiple of 16
     max_objects: int = 4
     max_memory: int = 20               # bank slots including the previous-frame slot
     read: str | None = None            # None: the checkpoint's recommended read, else "kmn"
@@ -46,22 +52,39 @@ class ExportOptions:
     verify_frames: Path | None = None  # a folder or video to take verification frames from (else generated)
 
     @property
+    def input_size(self) -> tuple[int, int]:
+        """(H, W) as set; unset sides take the defaults without a checkpoint (:func:`with_checkpoint_defaults`
+        fills them from the checkpoint first)."""
+        height = DEFAULT_HEIGHT if self.height is None else self.height
+        return height, wide_width(height) if self.width is None else self.width
+
+    @property
     def read_config(self) -> ReadConfig:
-        """The read as set; unset fields take :class:`ReadConfig`'s defaults (:func:`with_recommended_read`
+        """The read as set; unset fields take :class:`ReadConfig`'s defaults (:func:`with_checkpoint_defaults`
         fills them from the checkpoint first)."""
         default = ReadConfig()
         return ReadConfig(self.read or default.kind,  # type: ignore[arg-type]
                           default.sigma if self.sigma is None else float(self.sigma))
 
 
-def with_recommended_read(options: ExportOptions) -> ExportOptions:
-    """Options whose unset --read/--sigma are taken from the checkpoint's recommended read, if it records one."""
-    from kmnrt.model.checkpoint import choose_read
+def wide_width(height: int) -> int:
+    """A 16:9 input for ``height``, rounded up to a multiple of 16 (480 -> 864, which 480x854 DAVIS fits)."""
+    return math.ceil(height * 16 / 9 / 16) * 16
+
+
+def with_checkpoint_defaults(options: ExportOptions, model: KMN | None = None) -> ExportOptions:
+    """Options with every unset field filled: --read/--sigma from the checkpoint's recommended read and the input
+    height from the short side it was trained to track at (so the runtime tracks at that scale, as ``kmnrt
+    track`` does), when it records them; else the paper's read and 480. With ``model`` given, no checkpoint."""
+    from kmnrt.model.checkpoint import choose_read, recommended_short_side
     from kmnrt.model.embedded import default_checkpoint
 
-    checkpoint = options.checkpoint or default_checkpoint(options.config)
+    checkpoint = None if model is not None else options.checkpoint or default_checkpoint(options.config)
     read = choose_read(options.read, options.sigma, checkpoint)
-    return replace(options, read=read.kind, sigma=read.sigma)
+    if options.height is None and checkpoint is not None and (short_side := recommended_short_side(checkpoint)):
+        options = replace(options, height=-(-short_side // 16) * 16)
+    height, width = options.input_size
+    return replace(options, read=read.kind, sigma=read.sigma, height=height, width=width)
 
 
 @dataclass
@@ -84,7 +107,7 @@ def validate_options(options: ExportOptions) -> None:
     """Every user error that can be found before any work is done."""
     get_config(options.config)
     options.read_config  # noqa: B018 - validates read kind and sigma
-    for label, value in (("height", options.height), ("width", options.width)):
+    for label, value in zip(("height", "width"), options.input_size):
         if value < 16 or value % 16:
             raise UserInputError(f"--{label} {value} is not a multiple of 16; the nearest valid {label} is "
                                  f"{_nearest_multiple(value)}")
@@ -147,8 +170,7 @@ def library_versions() -> dict[str, str | None]:
 def export_bundle(options: ExportOptions, model=None, progress: bool = True) -> Path:
     """Build the bundle described by ``options`` (with ``model`` instead of loading one, if given) -> its path."""
     validate_options(options)
-    options = with_recommended_read(options) if model is None else replace(
-        options, read=options.read_config.kind, sigma=options.read_config.sigma)
+    options = with_checkpoint_defaults(options, model)
     out = Path(options.out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"

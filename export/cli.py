@@ -24,8 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", type=Path,
                         help="weights (STM_weights.pth with --config paper, or a kmnrt .safetensors); default: the "
                         "config's embedded weights if it has some, else seeded random weights (recorded as such)")
-    parser.add_argument("--height", type=int, default=480, help="input height, a multiple of 16 (default: 480)")
-    parser.add_argument("--width", type=int, default=864, help="input width, a multiple of 16 (default: 864)")
+    parser.add_argument("--height", type=int,
+                        help="input height, a multiple of 16; frames of other sizes are resized to fit (default: "
+                        "the short side the checkpoint was trained to track at, if it records one, else 480)")
+    parser.add_argument("--width", type=int,
+                        help="input width, a multiple of 16 (default: 16:9 to the height, rounded up: 864 for 480, "
+                        "512 for 288)")
     parser.add_argument("--max-objects", type=int, default=4, help="most objects per session (default: 4)")
     parser.add_argument("--max-memory", type=int, default=20,
                         help="memory bank slots including the previous frame, at least 2 (default: 20)")

@@ -128,14 +128,19 @@ def test_force_replaces_a_bundle(tmp_path: Path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
-def test_unset_read_options_come_from_the_checkpoints_recommendation(tmp_path: Path):
-    """--read/--sigma left unset take the checkpoint's recommended read; a value the user gives wins."""
-    from kmnrt.export.bundle import with_recommended_read
+def test_unset_options_come_from_the_checkpoints_recommendations(tmp_path: Path):
+    """--read/--sigma and --height/--width left unset follow the checkpoint's recommended read and training scale;
+    a value the user gives wins."""
+    from kmnrt.export.bundle import with_checkpoint_defaults
     from kmnrt.model.checkpoint import save_checkpoint
 
     checkpoint = save_checkpoint(build_model(get_config("tiny"), seed=1), tmp_path / "tuned.safetensors",
-                                 recommended=ReadConfig("kmn", 2.0))
+                                 recommended=ReadConfig("kmn", 2.0), short_side=288)
     options = ExportOptions("tiny", tmp_path / "b", checkpoint=checkpoint)
-    assert with_recommended_read(options).read_config == ReadConfig("kmn", 2.0)
-    assert with_recommended_read(replace(options, sigma=5.0)).read_config == ReadConfig("kmn", 5.0)
-    assert with_recommended_read(replace(options, checkpoint=None)).read_config == ReadConfig("kmn", 7.0)
+    filled = with_checkpoint_defaults(options)
+    assert filled.read_config == ReadConfig("kmn", 2.0) and (filled.height, filled.width) == (288, 512)
+    assert with_checkpoint_defaults(replace(options, sigma=5.0)).read_config == ReadConfig("kmn", 5.0)
+    assert with_checkpoint_defaults(replace(options, height=96)).input_size == (96, 176)
+    assert with_checkpoint_defaults(replace(options, height=96, width=96)).input_size == (96, 96)
+    plain = with_checkpoint_defaults(replace(options, checkpoint=None))
+    assert plain.read_config == ReadConfig("kmn", 7.0) and plain.input_size == (480, 864)
