@@ -27,7 +27,7 @@ $(STAMP):
 
 # Export the embedded default model to an ONNX bundle, run it on the demo sequence, score it with J&F.
 demo: $(STAMP) $(DEMO_SEQUENCE)
-	$(KMNRT) export --config $(DEMO_CONFIG) --height 480 --width 864 --max-objects 4 --max-memory 16 --out $(DEMO_BUNDLE) --force
+	$(KMNRT) export --config $(DEMO_CONFIG) --max-objects 4 --max-memory 16 --out $(DEMO_BUNDLE) --force
 	$(KMNRT) run --bundle $(DEMO_BUNDLE) --input $(DEMO_SEQUENCE)/JPEGImages --mask $(DEMO_SEQUENCE)/Annotations/00000.png \
 		--out $(DEMO_OUT)/$(notdir $(DEMO_SEQUENCE)) --overlay $(DEMO_OUT)/$(notdir $(DEMO_SEQUENCE)).mp4
 	$(KMNRT) eval $(DEMO_SEQUENCE) $(DEMO_OUT) --json $(DEMO_OUT)/scores.json

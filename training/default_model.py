@@ -11,11 +11,12 @@ Steps, each skipped when its output already exists (a stage cut off part-way is 
 3. ``kmnrt train --stage main`` on the training videos from random weights, with the from-scratch measures
    (``--tied-training --calibrated-init --read-loss 1 --grad-clip 1``, see docs/training.md);
 4. a second main-training stage from stage 3's weights when ``FINETUNE_ITERATIONS`` > 0;
-5. choose the KMN read's sigma on the validation videos (seed 3): the J&F of each of ``SIGMAS``, best kept;
-6. track the held-out videos (and the real sequences of ``--real``, when given) with the reference tracker and
-   that sigma, and score them with the DAVIS J&F; ``summary.json`` in ``--out``;
+5. choose the KMN read's sigma and the short side to track at on the validation videos (seed 3): the J&F of
+   each pair of ``SIGMAS`` x ``TRACK_SHORT_SIDES``, best kept;
+6. track the held-out videos (and the real sequences of ``--real``, when given) with the reference tracker at
+   that sigma and short side, and score them with the DAVIS J&F; ``summary.json`` in ``--out``;
 7. write the weights to ``model/weights/`` (``--install``), where :mod:`kmnrt.model.embedded` finds them, with
-   the chosen read recorded as the checkpoint's recommended read (what track/export use unless told otherwise).
+   the chosen read and short side recorded in the checkpoint (what track/export use unless told otherwise).
 """
 
 from __future__ import annotations
@@ -31,16 +32,16 @@ from pathlib import Path
 from kmnrt.training.config import TrainConfig, preset
 
 MODEL = "small"          # model/config.py: widths 16/32/64, key 32, value 64, decoder 32 (415 k parameters)
-CROP = 128               # training crops of frames resized to a short side of 128-166: about the 256x144 test scale
+CROP = 160               # training crops of 160x160 ...
+SHORT_SIDE = 216         # ... out of frames resized to a short side of 216-281 (1.5-1.95x the 144 of the videos)
 PRETRAIN_ITERATIONS = 0  # 0: no pre-training stage (not tried with the from-scratch measures; see the model card)
-MAIN_ITERATIONS = 18000  # one thread at about 6 iterations/s on this machine: 52 min
+MAIN_ITERATIONS = 15000  # one thread at about 5 iterations/s on this machine: 51 min
 PRETRAIN_LR = 1e-3
 MAIN_LR = 1e-3
 FINETUNE_ITERATIONS = 0  # a second main stage from the first's weights (lr restarted lower): measured, no gain
 FINETUNE_LR = 3e-4
 READ_LOSS = 1.0          # weight of the auxiliary attention loss (kmnrt.training.step.read_mask_loss)
 GRAD_CLIP = 1.0          # global gradient norm; without it a run from random weights can blow up in its first steps
-SHORT_SIDE: int | None = None  # placeholder, set below once measured
 HARD_PIXELS = 0.25       # bootstrapped cross-entropy over the hardest quarter of the pixels (small objects, edges)
 BATCH = 4
 TRAIN_VIDEOS, TRAIN_SEED = 300, 1
@@ -49,6 +50,19 @@ VALIDATION_VIDEOS, VALIDATION_SEED = 10, 3
 # KMN's sigma is in feature cells: the paper's 7 was set for 480p frames (a 30x54 key grid); the generated videos
 # have a 9x16 grid, where 7 cells is almost no kernel at all. Chosen on the validation videos, never the held-out.
 SIGMAS = (7.0, 4.0, 2.0, 1.0)
+# Training resizes frames to SHORT_SIDE x 1-1.3 before cropping (kmnrt.training.augment.random_resize_crop): the
+# short side to track at is chosen on the validation videos within that range, with the sigma.
+MAX_ZOOM = 1.3
+
+
+def track_short_sides(train_short_side: int | None) -> tuple[int | None, ...]:
+    """The short sides to try when tracking weights trained at ``train_short_side``: the multiples of 16 in the
+    range training saw (a bundle of that height then tracks exactly as the reference does). None: weights trained
+    at the crop's own scale track frames at their own size."""
+    if train_short_side is None:
+        return (None,)
+    first = -(-train_short_side // 16) * 16
+    return tuple(range(first, max(first, int(train_short_side * MAX_ZOOM)) + 1, 16))
 
 
 def with_losses(config: TrainConfig) -> TrainConfig:
@@ -125,13 +139,15 @@ def score(checkpoint: Path, data: Path, predictions: Path, model: str = MODEL, s
     return json.loads((predictions / "scores.json").read_text())
 
 
-def choose_sigma(checkpoint: Path, validation: Path, predictions: Path, model: str,
-                 short_side: int | None) -> tuple[float, dict]:
-    """-> (the sigma of ``SIGMAS`` with the best validation J&F, {sigma: J&F})."""
-    scores = {sigma: score(checkpoint, validation, predictions / f"sigma-{sigma:g}", model, sigma,
-                           short_side)["global"] for sigma in SIGMAS}
-    sweep = {f"{sigma:g}": round(result["J&F-Mean"], 4) for sigma, result in scores.items()}
-    return max(scores, key=lambda sigma: scores[sigma]["J&F-Mean"]), sweep
+def choose_inference(checkpoint: Path, validation: Path, predictions: Path, model: str,
+                     short_sides: tuple[int | None, ...]) -> tuple[float, int | None, dict]:
+    """-> (sigma, short side): the pair of ``SIGMAS`` x ``short_sides`` with the best validation J&F (ties: the
+    first, i.e. the larger sigma and the smaller side), and {"side/sigma": J&F} of every pair."""
+    scores = {(sigma, side): score(checkpoint, validation, predictions / f"side-{side}-sigma-{sigma:g}", model,
+                                   sigma, side)["global"]["J&F-Mean"]
+              for side in short_sides for sigma in SIGMAS}
+    sigma, side = max(scores, key=lambda pair: scores[pair])
+    return sigma, side, {f"{side}/{sigma:g}": round(value, 4) for (sigma, side), value in scores.items()}
 
 
 def install(checkpoint: Path, target: Path, model: str, sigma: float, short_side: int | None) -> None:
@@ -175,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=MODEL, help=f"model config (default: {MODEL}; others for experiments)")
     parser.add_argument("--size", type=int, default=CROP, help=f"training crop (default: {CROP})")
     parser.add_argument("--short-side", type=int, default=SHORT_SIDE,
-                        help=f"train with frames resized to this short side, track at it (default: {SHORT_SIDE}; "
-                        "0: the crop size, track at the frames' own size)")
+                        help=f"train on frames resized to this short side (x 1-1.3; default: {SHORT_SIDE}) and "
+                        "choose the side to track at in that range; 0: at the crop's scale, tracking frames at "
+                        "their own size")
     parser.add_argument("--iterations", type=int, default=MAIN_ITERATIONS,
                         help=f"main-training iterations (default: {MAIN_ITERATIONS})")
     parser.add_argument("--pretrain-iterations", type=int, default=PRETRAIN_ITERATIONS,
@@ -212,17 +229,18 @@ def main(argv: list[str] | None = None) -> int:
     finetune = finetune_config(out, args.threads, args.device, args.config, args.size, args.finetune_iterations)
     if finetune is not None:
         checkpoint = run_stage(finetune)
-    sigma, sweep = choose_sigma(checkpoint, out / "videos-validation", out / "predictions-validation", args.config,
-                                short_side)
-    summary = {"model": args.config, "checkpoint": str(checkpoint), "sigma": sigma, "short_side": short_side,
-               "validation_by_sigma": sweep,
+    sigma, track_side, sweep = choose_inference(checkpoint, out / "videos-validation",
+                                                out / "predictions-validation", args.config,
+                                                track_short_sides(short_side))
+    summary = {"model": args.config, "checkpoint": str(checkpoint), "train_short_side": short_side,
+               "sigma": sigma, "short_side": track_side, "validation_by_side_and_sigma": sweep,
                "heldout": score(checkpoint, out / "videos-heldout", out / "predictions-heldout", args.config,
-                                sigma, short_side)["global"]}
+                                sigma, track_side)["global"]}
     if args.real is not None:
         summary["real"] = score(checkpoint, args.real, out / "predictions-real", args.config, sigma,
-                                short_side)["global"]
+                                track_side)["global"]
     if args.install is not None:
-        install(checkpoint, args.install, args.config, sigma, short_side)
+        install(checkpoint, args.install, args.config, sigma, track_side)
         summary["installed"] = str(args.install)
     summary["seconds_this_run"] = round(time.perf_counter() - started)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

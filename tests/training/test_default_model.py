@@ -80,18 +80,27 @@ def test_recipe_main_stage_is_the_documented_kmnrt_train_command(tmp_path):
     import argparse
 
     from kmnrt.training.cli import config_from_args, register
-    from kmnrt.training.default_model import CROP, MAIN_ITERATIONS, stage_configs
+    from kmnrt.training.default_model import CROP, MAIN_ITERATIONS, SHORT_SIDE, stage_configs
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     (tmp_path / "videos-train").mkdir()
     args = parser.parse_args(
-        ["train", "--config", MODEL, "--stage", "main", "--size", str(CROP), "--batch", "4", "--iterations",
+        ["train", "--config", MODEL, "--stage", "main", "--size", str(CROP), "--short-side", str(SHORT_SIDE),
+         "--batch", "4", "--iterations",
          str(MAIN_ITERATIONS), "--lr", "1e-3", "--grad-clip", "1", "--tied-training", "--calibrated-init",
          "--read-loss", "1", "--hard-pixels", "0.25", "--data", str(tmp_path / "videos-train"), "--threads", "1",
          "--checkpoint-every", "100", "--log-every", "25", "--out", str(tmp_path / "main")])
     _, main = stage_configs(tmp_path, threads=1, device="cpu")
     assert config_from_args(args) == main
+
+
+def test_recipe_tracks_at_the_multiples_of_16_in_the_training_scale_range():
+    from kmnrt.training.default_model import track_short_sides
+
+    assert track_short_sides(216) == (224, 240, 256, 272)  # training saw short sides 216-280
+    assert track_short_sides(288) == (288, 304, 320, 336, 352, 368)
+    assert track_short_sides(None) == (None,)  # trained at the crop's scale: frames at their own size
 
 
 def test_recipe_finetune_stage_starts_from_the_main_stage(tmp_path):
