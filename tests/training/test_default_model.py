@@ -23,6 +23,7 @@ def test_default_checkpoint_is_embedded_small_and_loads():
     _, stored = read_checkpoint(path)
     assert stored == get_config(MODEL)
     assert recommended_read(path) is not None, "the recipe records the sigma it chose on validation videos"
+    assert recommended_short_side(path) is not None, "and the short side it chose to track at"
     assert default_checkpoint("paper") is None
 
 
