@@ -76,13 +76,14 @@ def with_checkpoint_defaults(options: ExportOptions, model: KMN | None = None) -
     """Options with every unset field filled: --read/--sigma from the checkpoint's recommended read and the input
     height from the short side it was trained to track at (so the runtime tracks at that scale, as ``kmnrt
     track`` does), when it records them; else the paper's read and 480. With ``model`` given, no checkpoint."""
+    from kmnrt.framing import round_up
     from kmnrt.model.checkpoint import choose_read, recommended_short_side
     from kmnrt.model.embedded import default_checkpoint
 
     checkpoint = None if model is not None else options.checkpoint or default_checkpoint(options.config)
     read = choose_read(options.read, options.sigma, checkpoint)
     if options.height is None and checkpoint is not None and (short_side := recommended_short_side(checkpoint)):
-        options = replace(options, height=-(-short_side // 16) * 16)
+        options = replace(options, height=round_up(short_side))
     height, width = options.input_size
     return replace(options, read=read.kind, sigma=read.sigma, height=height, width=width)
 

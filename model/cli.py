@@ -16,9 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "track",
         help="segment a video with the PyTorch reference tracker (no export needed)",
         description="Track the objects of a first-frame mask through a video with the PyTorch KMN model, following "
-        "the STM/KMN evaluation protocol (frames padded to multiples of 16, after resizing to --short-side if set; memory = first frame + every "
-        "--mem-every-th frame + the previous frame). Writes one indexed DAVIS-palette PNG per frame, named like the "
-        "frames and of their size, keeping the mask's label ids.",
+        "the STM/KMN evaluation protocol (frames resized to --short-side if set, then padded to multiples of 16; "
+        "memory = first frame + every --mem-every-th frame + the previous frame). Writes one indexed DAVIS-palette "
+        "PNG per frame, named like the frames and of their size, keeping the mask's label ids.",
     )
     parser.add_argument("--config", choices=sorted(CONFIGS), default=DEFAULT_CONFIG,
                         help=f"model size (default: {DEFAULT_CONFIG})")

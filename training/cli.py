@@ -139,8 +139,8 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig (imported lazi
     from kmnrt.training.config import preset
 
     config = preset(args.config, args.stage, args.out, iterations=args.iterations, batch=args.batch,
-                    size=args.size, short_side=args.short_side, lr=args.lr, seed=args.seed, data=args.data, init=args.init,
-                    resume=args.resume, device=args.device, max_objects=args.max_objects,
+                    size=args.size, short_side=args.short_side, lr=args.lr, seed=args.seed, data=args.data,
+                    init=args.init, resume=args.resume, device=args.device, max_objects=args.max_objects,
                     checkpoint_every=args.checkpoint_every, workers=args.workers, threads=args.threads,
                     log_every=args.log_every, amp=not args.no_amp, freeze_batchnorm=not args.train_batchnorm,
                     tied_init=args.tied_init, tied_training=args.tied_training,

@@ -12,7 +12,7 @@ Steps, each skipped when its output already exists (a stage cut off part-way is 
    (``--tied-training --calibrated-init --read-loss 1 --grad-clip 1``, see docs/training.md);
 4. a second main-training stage from stage 3's weights when ``FINETUNE_ITERATIONS`` > 0;
 5. choose the KMN read's sigma and the short side to track at on the validation videos (seed 3): the J&F of
-   each pair of ``SIGMAS`` x ``TRACK_SHORT_SIDES``, best kept;
+   each pair of ``SIGMAS`` x :func:`track_short_sides`, best kept;
 6. track the held-out videos (and the real sequences of ``--real``, when given) with the reference tracker at
    that sigma and short side, and score them with the DAVIS J&F; ``summary.json`` in ``--out``;
 7. write the weights to ``model/weights/`` (``--install``), where :mod:`kmnrt.model.embedded` finds them, with
@@ -59,9 +59,11 @@ def track_short_sides(train_short_side: int | None) -> tuple[int | None, ...]:
     """The short sides to try when tracking weights trained at ``train_short_side``: the multiples of 16 in the
     range training saw (a bundle of that height then tracks exactly as the reference does). None: weights trained
     at the crop's own scale track frames at their own size."""
+    from kmnrt.framing import round_up
+
     if train_short_side is None:
         return (None,)
-    first = -(-train_short_side // 16) * 16
+    first = round_up(train_short_side)
     return tuple(range(first, max(first, int(train_short_side * MAX_ZOOM)) + 1, 16))
 
 
@@ -87,19 +89,21 @@ def stage_configs(out: Path, threads: int | None, device: str, model: str = MODE
         pretrain = dataclasses.replace(with_losses(pretrain), hide_and_seek=dataclasses.replace(
             pretrain.hide_and_seek, grid=crop // 16))
     main = preset(model, "main", out / "main", iterations=main_iterations, lr=MAIN_LR, data=out / "videos-train",
-                  short_side=short_side, init=out / "pretrain" / "model.safetensors" if pretrain is not None else None,
+                  short_side=short_side,
+                  init=out / "pretrain" / "model.safetensors" if pretrain is not None else None,
                   calibrated_init=pretrain is None, **common)
     return pretrain, with_losses(main)
 
 
 def finetune_config(out: Path, threads: int | None, device: str, model: str = MODEL, crop: int = CROP,
-                    iterations: int = FINETUNE_ITERATIONS) -> TrainConfig | None:
+                    iterations: int = FINETUNE_ITERATIONS, short_side: int | None = SHORT_SIDE) -> TrainConfig | None:
     """The second main-training stage (None when it has 0 iterations): the same videos and losses from the first
     stage's weights, the learning rate restarted at ``FINETUNE_LR`` with its own poly decay and skip curriculum,
     and seed 1 so that it draws clips the first stage did not see."""
     if iterations <= 0:
         return None
-    config = preset(model, "main", out / "finetune", iterations=iterations, lr=FINETUNE_LR, size=crop, batch=BATCH,
+    config = preset(model, "main", out / "finetune", iterations=iterations, lr=FINETUNE_LR, size=crop,
+                    short_side=short_side, batch=BATCH,
                     seed=1, threads=threads, device=device, checkpoint_every=100, log_every=25, tied_training=True,
                     data=out / "videos-train", init=out / "main" / "model.safetensors")
     return with_losses(config)
@@ -226,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     if pretrain is not None:
         run_stage(pretrain)
     checkpoint = run_stage(main_stage)
-    finetune = finetune_config(out, args.threads, args.device, args.config, args.size, args.finetune_iterations)
+    finetune = finetune_config(out, args.threads, args.device, args.config, args.size, args.finetune_iterations,
+                               short_side)
     if finetune is not None:
         checkpoint = run_stage(finetune)
     sigma, track_side, sweep = choose_inference(checkpoint, out / "videos-validation",
