@@ -74,7 +74,7 @@ def wide_width(height: int) -> int:
 
 def with_checkpoint_defaults(options: ExportOptions, model: KMN | None = None) -> ExportOptions:
     """Options with every unset field filled: --read/--sigma from the checkpoint's recommended read and the input
-    height from the short side it was trained to track at (so the runtime tracks at that scale, as ``kmnrt
+    height from the short side it recommends tracking at (so the runtime tracks at that scale, as ``kmnrt
     track`` does), when it records them; else the paper's read and 480. With ``model`` given, no checkpoint."""
     from kmnrt.framing import round_up
     from kmnrt.model.checkpoint import choose_read, recommended_short_side

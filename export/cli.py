@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "config's embedded weights if it has some, else seeded random weights (recorded as such)")
     parser.add_argument("--height", type=int,
                         help="input height, a multiple of 16; frames of other sizes are resized to fit (default: "
-                        "the short side the checkpoint was trained to track at, if it records one, else 480)")
+                        "the short side the checkpoint recommends for tracking, if it records one, else 480)")
     parser.add_argument("--width", type=int,
                         help="input width, a multiple of 16 (default: 16:9 to the height, rounded up: 864 for 480, "
                         "512 for 288)")

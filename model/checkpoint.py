@@ -173,8 +173,9 @@ def choose_read(kind: str | None, sigma: float | None, checkpoint: str | os.Path
 
 
 def recommended_short_side(checkpoint: str | os.PathLike) -> int | None:
-    """The short side (pixels) a kmnrt checkpoint's weights were trained to track at (metadata ``short_side``,
-    written by the recipe that trained them at that scale), or None: track frames at their own size."""
+    """The short side (pixels) a kmnrt checkpoint recommends tracking at (metadata ``short_side``, written by the
+    recipe that trained its weights at that scale and chose the side on validation videos), or None: track frames
+    at their own size."""
     if Path(checkpoint).suffix != ".safetensors":
         return None
     recorded = _safetensors_metadata(Path(checkpoint)).get("short_side")
@@ -210,8 +211,8 @@ def load_model(config: ModelConfig, checkpoint: str | os.PathLike | None = None,
 def save_checkpoint(model: KMN, path: str | os.PathLike, recommended: ReadConfig | None = None,
                     short_side: int | None = None) -> Path:
     """Write the project's format (safetensors + config metadata) atomically; ``recommended`` records the read
-    these weights were measured to work best with (see :func:`recommended_read`), ``short_side`` the scale they
-    were trained to track at (:func:`recommended_short_side`)."""
+    these weights were measured to work best with (see :func:`recommended_read`), ``short_side`` the short side
+    to track at (:func:`recommended_short_side`)."""
     from safetensors.torch import save_file
 
     path = Path(path)

@@ -58,7 +58,7 @@ def add_short_side_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--short-side", type=int,
                         help="track at this short side in pixels: frames are resized (aspect ratio kept) and the "
                         "masks resized back to the frames' size, as STM tracks YouTube-VOS at 480p; 0 = the "
-                        "frames' own size (default: the scale the checkpoint was trained at, if it records one, "
+                        "frames' own size (default: the short side the checkpoint recommends, if it records one, "
                         "else 0)")
 
 
