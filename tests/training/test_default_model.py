@@ -91,7 +91,7 @@ def test_recipe_main_stage_is_the_documented_kmnrt_train_command(tmp_path):
          "--batch", "4", "--iterations",
          str(MAIN_ITERATIONS), "--lr", "1e-3", "--grad-clip", "1", "--tied-training", "--calibrated-init",
          "--read-loss", "1", "--hard-pixels", "0.25", "--data", str(tmp_path / "videos-train"), "--threads", "1",
-         "--checkpoint-every", "100", "--log-every", "25", "--out", str(tmp_path / "main")])
+         "--checkpoint-every", "100", "--log-every", "25", "--seed", "1", "--out", str(tmp_path / "main")])
     _, main = stage_configs(tmp_path, threads=1, device="cpu")
     assert config_from_args(args) == main
 
@@ -105,11 +105,11 @@ def test_recipe_tracks_at_the_multiples_of_16_in_the_training_scale_range():
 
 
 def test_recipe_finetune_stage_starts_from_the_main_stage(tmp_path):
-    from kmnrt.training.default_model import FINETUNE_LR, finetune_config
+    from kmnrt.training.default_model import FINETUNE_LR, SEED, finetune_config
 
     assert finetune_config(tmp_path, 1, "cpu", iterations=0) is None
     config = finetune_config(tmp_path, 1, "cpu", iterations=10)
-    assert config.init == tmp_path / "main" / "model.safetensors" and config.seed == 1
+    assert config.init == tmp_path / "main" / "model.safetensors" and config.seed == SEED + 1
     assert config.optim.lr == FINETUNE_LR and config.tied_training and not config.calibrated_init
 
 
