@@ -149,20 +149,24 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], ModelCo
     return (from_stm(raw) if is_stm_layout(raw) else raw), config
 
 
+def _recorded(checkpoint: str | os.PathLike, key: str) -> str | None:
+    """A metadata entry of a kmnrt safetensors checkpoint; None for other formats or when it is absent."""
+    if Path(checkpoint).suffix != ".safetensors":
+        return None
+    return _safetensors_metadata(Path(checkpoint)).get(key)
+
+
 def recommended_read(checkpoint: str | os.PathLike) -> ReadConfig | None:
     """The memory read a kmnrt checkpoint recommends for its weights (metadata ``read``, written by the recipe that
     measured it, e.g. the embedded default model's sigma), or None if it records none."""
-    if Path(checkpoint).suffix != ".safetensors":
-        return None
-    metadata = _safetensors_metadata(Path(checkpoint))
-    if "read" not in metadata:
+    recorded = _recorded(checkpoint, "read")
+    if recorded is None:
         return None
     try:
-        read = json.loads(metadata["read"])
+        read = json.loads(recorded)
         return ReadConfig(read["kind"], float(read["sigma"]))
     except (KeyError, TypeError, ValueError, UserInputError) as exc:
-        raise CheckpointError(f"checkpoint {checkpoint} records an invalid read {metadata['read']!r}: "
-                              f"{exc}") from None
+        raise CheckpointError(f"checkpoint {checkpoint} records an invalid read {recorded!r}: {exc}") from None
 
 
 def choose_read(kind: str | None, sigma: float | None, checkpoint: str | os.PathLike | None) -> ReadConfig:
@@ -176,9 +180,7 @@ def recommended_short_side(checkpoint: str | os.PathLike) -> int | None:
     """The short side (pixels) a kmnrt checkpoint recommends tracking at (metadata ``short_side``, written by the
     recipe that trained its weights at that scale and chose the side on validation videos), or None: track frames
     at their own size."""
-    if Path(checkpoint).suffix != ".safetensors":
-        return None
-    recorded = _safetensors_metadata(Path(checkpoint)).get("short_side")
+    recorded = _recorded(checkpoint, "short_side")
     if recorded is None:
         return None
     if not recorded.isdigit() or int(recorded) < 16:

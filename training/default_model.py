@@ -75,14 +75,19 @@ def with_losses(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(config, optim=optim)
 
 
+def _common_options(crop: int, threads: int | None, device: str) -> dict:
+    """The ``kmnrt train`` options every stage of the recipe shares."""
+    return {"size": crop, "batch": BATCH, "seed": SEED, "threads": threads, "device": device,
+            "checkpoint_every": 100, "log_every": 25, "tied_training": True}
+
+
 def stage_configs(out: Path, threads: int | None, device: str, model: str = MODEL, crop: int = CROP,
                   main_iterations: int = MAIN_ITERATIONS, pretrain_iterations: int = PRETRAIN_ITERATIONS,
                   short_side: int | None = SHORT_SIDE) -> tuple[TrainConfig | None, TrainConfig]:
     """The stages exactly as ``kmnrt train`` runs them (see docs/default-model.md for the command lines); the
     pre-training stage is None when it has 0 iterations. From random weights, both start with the memory trunk
     and key head tied to the query side's (``--tied-training``) and a calibrated initialisation."""
-    common = {"size": crop, "batch": BATCH, "seed": SEED, "threads": threads, "device": device,
-              "checkpoint_every": 100, "log_every": 25, "tied_training": True}
+    common = _common_options(crop, threads, device)
     pretrain = None
     if pretrain_iterations > 0:
         pretrain = preset(model, "pretrain", out / "pretrain", iterations=pretrain_iterations, lr=PRETRAIN_LR,
@@ -97,16 +102,16 @@ def stage_configs(out: Path, threads: int | None, device: str, model: str = MODE
 
 
 def finetune_config(out: Path, threads: int | None, device: str, model: str = MODEL, crop: int = CROP,
-                    iterations: int = FINETUNE_ITERATIONS, short_side: int | None = SHORT_SIDE) -> TrainConfig | None:
+                    iterations: int = FINETUNE_ITERATIONS,
+                    short_side: int | None = SHORT_SIDE) -> TrainConfig | None:
     """The second main-training stage (None when it has 0 iterations): the same videos and losses from the first
     stage's weights, the learning rate restarted at ``FINETUNE_LR`` with its own poly decay and skip curriculum,
     and another seed (SEED + 1) so that it draws clips the first stage did not see."""
     if iterations <= 0:
         return None
-    config = preset(model, "main", out / "finetune", iterations=iterations, lr=FINETUNE_LR, size=crop,
-                    short_side=short_side, batch=BATCH,
-                    seed=SEED + 1, threads=threads, device=device, checkpoint_every=100, log_every=25, tied_training=True,
-                    data=out / "videos-train", init=out / "main" / "model.safetensors")
+    config = preset(model, "main", out / "finetune", iterations=iterations, lr=FINETUNE_LR,
+                    short_side=short_side, data=out / "videos-train", init=out / "main" / "model.safetensors",
+                    **{**_common_options(crop, threads, device), "seed": SEED + 1})
     return with_losses(config)
 
 
@@ -127,7 +132,7 @@ def run_stage(config: TrainConfig) -> Path:
 
 
 def score(checkpoint: Path, data: Path, predictions: Path, model: str = MODEL, sigma: float = 7.0,
-          short_side: int | None = SHORT_SIDE) -> dict:
+          short_side: int | None = None) -> dict:
     """J&F of the reference tracker (KMN read with ``sigma``, mem_every 5, frames resized to ``short_side``) with
     these weights over ``data``."""
     from kmnrt.model.checkpoint import load_model

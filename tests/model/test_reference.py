@@ -52,20 +52,23 @@ def test_object_joining_at_a_later_frame(tiny_model, blackswan):
     assert not np.array_equal(joined[5].probs[:2], alone[5].probs)  # the new object now takes part
 
 
-def test_frames_are_padded_and_cropped_back(tiny_model):
+def _odd_sized_clip() -> tuple[list[np.ndarray], np.ndarray]:
+    """Three random 50x37 frames (no side a multiple of 16) and a mask with object 2."""
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (37, 50, 3), dtype=np.uint8) for _ in range(3)]
     mask = np.zeros((37, 50), np.uint8)
     mask[10:20, 10:30] = 2
+    return frames, mask
+
+
+def test_frames_are_padded_and_cropped_back(tiny_model):
+    frames, mask = _odd_sized_clip()
     results = list(ReferenceTracker(tiny_model).track(frames, mask))
     assert results[-1].labels.shape == (37, 50) and results[-1].probs.shape == (2, 37, 50)
 
 
 def test_tracking_at_a_short_side_resizes_in_and_back(tiny_model):
-    rng = np.random.default_rng(0)
-    frames = [rng.integers(0, 256, (37, 50, 3), dtype=np.uint8) for _ in range(3)]
-    mask = np.zeros((37, 50), np.uint8)
-    mask[10:20, 10:30] = 2
+    frames, mask = _odd_sized_clip()
     as_is = list(ReferenceTracker(tiny_model).track(frames, mask))
     same = list(ReferenceTracker(tiny_model, TrackerConfig(short_side=37)).track(frames, mask))
     doubled = list(ReferenceTracker(tiny_model, TrackerConfig(short_side=74)).track(frames, mask))
