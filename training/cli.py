@@ -54,6 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--short-side", type=int,
                         help="main: resize frames to this short side (times a random zoom of 1-1.3) before "
                         "cropping (default: the crop size); track at the same scale (kmnrt track --short-side)")
+    parser.add_argument("--clip-frames", type=int,
+                        help="frames per training clip (default: 3, STM); each frame after the first is segmented "
+                        "from the memory of the ones before it, predictions included, so longer clips train "
+                        "recovery from the network's own drift")
     parser.add_argument("--lr", type=float,
                         help="Adam learning rate (default: paper 1e-5, lite 1e-4, tiny 1e-3), poly-decayed")
     parser.add_argument("--constant-lr", action="store_true", help="no poly decay of the learning rate")
@@ -139,7 +143,8 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig (imported lazi
     from kmnrt.training.config import preset
 
     config = preset(args.config, args.stage, args.out, iterations=args.iterations, batch=args.batch,
-                    size=args.size, short_side=args.short_side, lr=args.lr, seed=args.seed, data=args.data,
+                    size=args.size, short_side=args.short_side, clip_frames=args.clip_frames, lr=args.lr,
+                    seed=args.seed, data=args.data,
                     init=args.init, resume=args.resume, device=args.device, max_objects=args.max_objects,
                     checkpoint_every=args.checkpoint_every, workers=args.workers, threads=args.threads,
                     log_every=args.log_every, amp=not args.no_amp, freeze_batchnorm=not args.train_batchnorm,

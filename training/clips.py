@@ -1,5 +1,6 @@
-"""Three-frame training clips: synthesised from one image (STM's static recipe), from a procedural scene whose
-shapes move on their own, or cut from a video; plus the object selection every clip goes through."""
+"""Training clips (three frames, as STM, unless asked for more): synthesised from one image (STM's static
+recipe), from a procedural scene whose shapes move on their own, or cut from a video; plus the object selection
+every clip goes through."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ MIN_OBJECT_PIXELS = 16  # an object smaller than this in the first frame is not 
 
 @dataclass
 class Clip:
-    """frames [3, 3, S, S] float32 RGB in [0, 1]; labels [3, S, S] int64 with ids 0..num_objects, every id
+    """frames [T, 3, S, S] float32 RGB in [0, 1]; labels [T, S, S] int64 with ids 0..num_objects, every id
     present in frame 0."""
 
     frames: Tensor
@@ -56,11 +57,11 @@ def finish_clip(rng: np.random.Generator, frames: list[np.ndarray], masks: list[
 
 
 def static_clip(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, size: int,
-                limits: AffineRange) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """STM's static-image clip: three independent random affines of one image, colour jitter per frame and one
+                limits: AffineRange, length: int = CLIP_LENGTH) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """STM's static-image clip: ``length`` (3) independent random affines of one image, colour jitter per frame and one
     left-right flip decision for the clip -> frames [S, S, 3] uint8 and masks [S, S] uint8."""
     frames, masks = [], []
-    for _ in range(CLIP_LENGTH):
+    for _ in range(length):
         matrix = random_affine(rng, image.shape[:2], size, limits, zoom=(1.0, 1.25))
         frame, labels = warp_pair(image, mask, matrix, size)
         frames.append(colour_jitter(rng, frame, limits.colour_jitter))
@@ -69,7 +70,7 @@ def static_clip(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, s
 
 
 def motion_clip(rng: np.random.Generator, scene: Scene, size: int,
-                limits: AffineRange) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                limits: AffineRange, length: int = CLIP_LENGTH) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """A synthetic video: the camera (background) and every shape follow their own constant-velocity affine
     motion (translation, rotation, scale and shear change per frame, so shapes also deform and re-occlude)."""
     canvas = scene.background.shape[:2]
@@ -77,9 +78,9 @@ def motion_clip(rng: np.random.Generator, scene: Scene, size: int,
     camera_step = _random_velocity(rng, limits, size, fraction=0.3)
     layer_steps = [_random_velocity(rng, limits, size, fraction=1.0) for _ in scene.layers]
     centres = [_centroid(layer.alpha) for layer in scene.layers]
-    jitter = [rng.uniform(-1, 1, 4) * limits.colour_jitter / 3 for _ in range(CLIP_LENGTH)]
+    jitter = [rng.uniform(-1, 1, 4) * limits.colour_jitter / 3 for _ in range(length)]
     frames, masks = [], []
-    for t in range(CLIP_LENGTH):
+    for t in range(length):
         background = compose(camera, then=_step_about((size / 2, size / 2), camera_step, t))
         layer_matrices = [_step_about(centre, step, t) for centre, step in zip(centres, layer_steps)]
         frame, labels = render(scene, (size, size), background, layer_matrices)

@@ -87,6 +87,7 @@ class TrainConfig:
     batch: int
     size: int
     short_side: int | None = None  # main: frames resized to this short side (x a random zoom) before the crop
+    clip_frames: int = 3  # frames per clip (STM: 3): the first is given, the others segmented in turn
     seed: int = 0
     data: Path | None = None
     init: Path | None = None
@@ -119,6 +120,9 @@ class TrainConfig:
         if self.size < 32 or self.size % 16:
             raise UserInputError(f"--size must be a multiple of 16 and at least 32 (the network's stride is 16), "
                                  f"got {self.size}")
+        if self.clip_frames < 2:
+            raise UserInputError(f"--clip-frames must be at least 2 (a given frame and one to segment), "
+                                 f"got {self.clip_frames}")
         if self.short_side is not None and self.short_side < self.size:
             raise UserInputError(f"--short-side must be at least the crop size {self.size}, got {self.short_side}")
         if not self.optim.lr > 0:

@@ -48,9 +48,9 @@ def find_image_pairs(root: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def find_video_sequences(root: str | os.PathLike[str]) -> list[VideoSequence]:
+def find_video_sequences(root: str | os.PathLike[str], clip_frames: int = CLIP_LENGTH) -> list[VideoSequence]:
     """Main-training data: a DAVIS-style tree (see :func:`kmnrt.data.find_sequences`); sequences with fewer than
-    three annotated frames are skipped."""
+    ``clip_frames`` annotated frames are skipped."""
     from kmnrt.data import find_sequences, open_sequence_frames
 
     sequences = []
@@ -59,11 +59,11 @@ def find_video_sequences(root: str | os.PathLike[str]) -> list[VideoSequence]:
             continue
         frames = {path.stem: path for path in open_sequence_frames(sequence).paths}
         names = [name for name in sequence.annotation_names if name in frames]
-        if len(names) >= CLIP_LENGTH:
+        if len(names) >= clip_frames:
             sequences.append(VideoSequence(sequence.name, tuple(frames[n] for n in names),
                                            tuple(sequence.annotation_path(n) for n in names)))
     if not sequences:
-        raise UserInputError(f"no sequence in {root} has {CLIP_LENGTH} or more frames with both an image "
+        raise UserInputError(f"no sequence in {root} has {clip_frames} or more frames with both an image "
                              "(JPEGImages/<seq>/) and a mask (Annotations/<seq>/); main training needs videos")
     return sequences
 
@@ -110,9 +110,10 @@ class StaticClips(_IndexedClips):
         if self.pairs is None:
             scene = random_scene(rng, (size, size), config.synthetic)
             if rng.random() < config.synthetic.motion_fraction:
-                frames, masks = motion_clip(rng, scene, size, config.augment)
+                frames, masks = motion_clip(rng, scene, size, config.augment, config.clip_frames)
             else:
-                frames, masks = static_clip(rng, *render(scene, (size, size)), size, config.augment)
+                frames, masks = static_clip(rng, *render(scene, (size, size)), size, config.augment,
+                                            config.clip_frames)
         else:
             from kmnrt.data import read_image, read_label_png
 
@@ -121,24 +122,28 @@ class StaticClips(_IndexedClips):
             if image.shape[:2] != mask.shape:
                 raise UserInputError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} "
                                      f"is {image.shape[1]}x{image.shape[0]}; they must have the same size")
-            frames, masks = static_clip(rng, image, mask, size, config.augment)
+            frames, masks = static_clip(rng, image, mask, size, config.augment, config.clip_frames)
         return finish_clip(rng, frames, masks, config.max_objects, hide, probability)
 
 
 class VideoClips(_IndexedClips):
-    """Main-training clips: three temporally ordered frames of one video, gaps uniform in [0, max_skip]."""
+    """Main-training clips: ``clip_frames`` temporally ordered frames of one video, gaps uniform in [0, max_skip]."""
 
     def __init__(self, config: TrainConfig, sequences: list[VideoSequence]):
         super().__init__(config)
         self.sequences = sequences
 
     def frame_indices(self, rng: np.random.Generator, length: int, max_skip: int) -> list[int]:
-        """Three ordered indices into a video of ``length`` frames; a gap of g skips g frames."""
-        gaps = rng.integers(0, max_skip + 1, 2)
-        span = min(int(gaps.sum()) + 2, length - 1)
+        """``clip_frames`` ordered indices into a video of ``length`` frames; a gap of g skips g frames. When the
+        gaps add up to more than the video holds, the span is cut to the video and the later frames are pushed
+        back just enough to stay in order (for 3 frames: STM's draw)."""
+        count = self.config.clip_frames
+        gaps = rng.integers(0, max_skip + 1, count - 1)
+        span = min(int(gaps.sum()) + count - 1, length - 1)
         start = int(rng.integers(0, length - span))
-        middle = start + 1 + min(int(gaps[0]), span - 2)
-        return [start, middle, start + span]
+        steps = np.cumsum(gaps + 1)[:-1]
+        middle = [start + min(int(step), span - (count - 1 - k)) for k, step in enumerate(steps, start=1)]
+        return [start, *middle, start + span]
 
     def draw(self, rng: np.random.Generator, iteration: int) -> Clip | None:
         from kmnrt.data import read_image, read_label_png

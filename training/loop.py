@@ -69,7 +69,7 @@ def build_dataset(config: TrainConfig) -> StaticClips | VideoClips:
         if config.data is None:
             raise UserInputError("--stage main trains on videos: give --data DIR, a DAVIS-style tree "
                                  "(JPEGImages/<seq>/*.jpg and Annotations/<seq>/*.png)")
-        return VideoClips(config, find_video_sequences(config.data))
+        return VideoClips(config, find_video_sequences(config.data, config.clip_frames))
     return StaticClips(config, find_image_pairs(config.data) if config.data is not None else None)
 
 

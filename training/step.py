@@ -3,7 +3,8 @@
 Per clip (frames A, B, C): memorise A with its ground truth; segment B reading memory {A}; memorise B with its
 *predicted* soft probabilities (gradients flow through them, as in STM's training); segment C reading {A, B}. The
 loss is the pixel-wise cross-entropy of B and C over the soft-aggregated probabilities (NLL of their log),
-averaged over the two frames and over the clips of the batch. Gradients are accumulated clip by clip (the model
+averaged over the two frames and over the clips of the batch. Longer clips (``--clip-frames``) continue the same
+way: each frame reads the memory of all the frames before it. Gradients are accumulated clip by clip (the model
 takes one frame with N objects at a time) and the optimizer steps once per batch.
 
 The model is in train mode, so :class:`kmnrt.model.memory_read.MemoryRead` reads with plain STM attention: KMN's
@@ -58,31 +59,41 @@ def read_mask_loss(memory_key: Tensor, memory_masks: Tensor, query_key: Tensor, 
 
 
 def clip_loss(model: KMN, clip: Clip, device: torch.device, hard_fraction: float = 1.0,
-              read_loss_weight: float = 0.0) -> tuple[Tensor, Tensor]:
-    """Forward one clip -> (loss of frame B, loss of frame C), each plus ``read_loss_weight`` times
-    :func:`read_mask_loss` of that frame when it is positive."""
+              read_loss_weight: float = 0.0) -> list[Tensor]:
+    """Forward one clip -> the loss of every frame after the first, each plus ``read_loss_weight`` times
+    :func:`read_mask_loss` of that frame when it is positive. Frame t reads the memory of frames 0..t-1: the
+    first with its ground truth, the others with their predictions, so a longer clip trains the network on
+    its own errors carried forward."""
     frames = clip.frames.to(device)
     labels = clip.labels.to(device)
     object_ids = list(range(1, clip.num_objects + 1))
-    probs_a = one_hot_probs(labels[0], object_ids, device)
-    key_a, value_a = model.encode_memory(frames[0:1], probs_a)
-
-    query_b = model.encode_query(frames[1:2])
-    probs_b = model.decode(model.read_memory(key_a[None], value_a[None], query_b.key), query_b)
-    key_b, value_b = model.encode_memory(frames[1:2], probs_b)
-
-    query_c = model.encode_query(frames[2:3])
-    memory_key, memory_value = torch.stack([key_a, key_b]), torch.stack([value_a, value_b])
-    probs_c = model.decode(model.read_memory(memory_key, memory_value, query_c.key), query_c)
-    loss_b = aggregated_nll(probs_b, labels[1], hard_fraction)
-    loss_c = aggregated_nll(probs_c, labels[2], hard_fraction)
+    count = frames.shape[0]
+    probs = [one_hot_probs(labels[0], object_ids, device)]
+    keys, values, memory_keys, query_keys = [], [], [], []
+    for t in range(1, count):
+        key, value = model.encode_memory(frames[t - 1:t], probs[-1])
+        keys.append(key)
+        values.append(value)
+        query = model.encode_query(frames[t:t + 1])
+        memory_keys.append(_stacked(keys))
+        query_keys.append(query.key)
+        probs.append(model.decode(model.read_memory(memory_keys[-1], _stacked(values), query.key), query))
+    losses = [aggregated_nll(probs[t], labels[t], hard_fraction) for t in range(1, count)]
     if read_loss_weight > 0:
         pooled = [F.avg_pool2d(torch.stack([(labels[t] == i).float() for i in object_ids])[:, None], STRIDE)
-                  for t in range(3)]  # [N, 1, h, w] per frame
-        aux_b = read_mask_loss(key_a[None], pooled[0][None], query_b.key, pooled[1])
-        aux_c = read_mask_loss(memory_key, torch.stack(pooled[:2]), query_c.key, pooled[2])
-        loss_b, loss_c = loss_b + read_loss_weight * aux_b, loss_c + read_loss_weight * aux_c
-    return loss_b, loss_c
+                  for t in range(count)]  # [N, 1, h, w] per frame
+        # The attention loss reads frame 0 alone through a fresh view and longer memories through the read's own
+        # stack: exactly the autograd graph of the original 3-frame step, so gradients are summed in the same
+        # order and the shipped weights still reproduce to the last bit.
+        reads = [read_mask_loss(keys[0][None] if t == 1 else memory_keys[t - 1], torch.stack(pooled[:t]),
+                                query_keys[t - 1], pooled[t]) for t in range(1, count)]
+        losses = [loss + read_loss_weight * read for loss, read in zip(losses, reads)]
+    return losses
+
+
+def _stacked(tensors: list[Tensor]) -> Tensor:
+    """``torch.stack``, but a single tensor is unsqueezed: the same values and the original 3-frame step's graph."""
+    return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
 
 
 def train_step(model: KMN, optimizer: torch.optim.Optimizer, clips: list[Clip], device: torch.device,
@@ -97,8 +108,8 @@ def train_step(model: KMN, optimizer: torch.optim.Optimizer, clips: list[Clip], 
     total = 0.0
     for clip in clips:
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=scaler is not None):
-            loss_b, loss_c = clip_loss(model, clip, device, hard_fraction, read_loss_weight)
-        loss = (loss_b.float() + loss_c.float()) / (2 * len(clips))
+            frame_losses = clip_loss(model, clip, device, hard_fraction, read_loss_weight)
+        loss = sum(frame_loss.float() for frame_loss in frame_losses) / (len(frame_losses) * len(clips))
         (scaler.scale(loss) if scaler is not None else loss).backward()
         total += float(loss.detach())
     for first, second in tied or ():

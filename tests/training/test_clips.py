@@ -22,9 +22,9 @@ from kmnrt.training.datasets import (
 from kmnrt.training.synthetic import synthetic_image
 
 
-def _check_clip(clip, size: int, max_objects: int = 3) -> None:
-    assert clip.frames.shape == (3, 3, size, size) and clip.frames.dtype == torch.float32
-    assert clip.labels.shape == (3, size, size) and clip.labels.dtype == torch.int64
+def _check_clip(clip, size: int, max_objects: int = 3, frames: int = 3) -> None:
+    assert clip.frames.shape == (frames, 3, size, size) and clip.frames.dtype == torch.float32
+    assert clip.labels.shape == (frames, size, size) and clip.labels.dtype == torch.int64
     assert 0.0 <= float(clip.frames.min()) and float(clip.frames.max()) <= 1.0
     assert 1 <= clip.num_objects <= max_objects
     assert int(clip.labels.max()) <= clip.num_objects and int(clip.labels.min()) >= 0
@@ -110,6 +110,31 @@ def test_video_clips_are_ordered_within_max_skip(video_tree, tmp_path):
         _check_clip(clips[index], 64)
 
 
+def test_longer_clips_keep_order_and_gaps(video_tree, tmp_path):
+    config = preset("tiny", "main", tmp_path / "run", data=video_tree.root, size=64, batch=1, iterations=6,
+                    clip_frames=5)
+    clips = VideoClips(config, find_video_sequences(video_tree.root, config.clip_frames))
+    rng = np.random.default_rng(1)
+    spans = set()
+    for max_skip in (0, 1, 25):
+        for _ in range(200):
+            indices = clips.frame_indices(rng, video_tree.frames, max_skip)
+            assert len(indices) == 5 and indices == sorted(set(indices))  # strictly increasing
+            assert 0 <= indices[0] and indices[-1] < video_tree.frames
+            assert all(b - a - 1 <= max_skip for a, b in zip(indices, indices[1:]))
+            if max_skip == 0:
+                assert indices == list(range(indices[0], indices[0] + 5))
+            spans.add(indices[-1] - indices[0])
+    assert video_tree.frames - 1 in spans  # long gaps are cut to the video, not refused
+    for index in range(len(clips)):
+        _check_clip(clips[index], 64, frames=5)
+
+
+def test_static_clips_take_the_clip_length(small_config):
+    clip = StaticClips(dataclasses.replace(small_config, clip_frames=4))[0]
+    _check_clip(clip, 64, frames=4)
+
+
 class _FixedFrames(VideoClips):
     """Video clips with given frame indices, to control which objects frame A shows."""
 
@@ -139,6 +164,9 @@ def test_bad_video_folders_are_user_errors(tmp_path, make_video_tree):
     make_video_tree(short, frames=2)
     with pytest.raises(UserInputError, match="3 or more frames"):
         find_video_sequences(short)
+    assert len(find_video_sequences(short, clip_frames=2)) == 1
+    with pytest.raises(UserInputError, match="clip-frames"):
+        preset("tiny", "main", tmp_path / "run", clip_frames=1)
 
 
 def _flat_scene_image(size: int = 120) -> tuple[np.ndarray, np.ndarray]:

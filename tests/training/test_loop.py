@@ -85,13 +85,14 @@ def test_cli_pretrain_then_main_on_generated_videos(tmp_path, capsys):
     common = ["--config", "tiny", "--size", "64", "--batch", "2", "--iterations", "2", "--threads", "1"]
     assert kmnrt_main(["train", "--stage", "pretrain", *common, "--hide-grid", "4", "--out",
                        str(tmp_path / "pre")]) == 0
-    assert kmnrt_main(["train", "--stage", "main", *common, "--data", str(videos), "--init",
+    assert kmnrt_main(["train", "--stage", "main", *common, "--data", str(videos), "--clip-frames", "5", "--init",
                        str(tmp_path / "pre" / "model.safetensors"), "--out", str(tmp_path / "main")]) == 0
     printed = capsys.readouterr()
     assert printed.out.strip().splitlines()[-1] == str(tmp_path / "main" / "model.safetensors")
     assert "trained 2 iterations" in printed.err
     stored = json.loads((tmp_path / "main" / "train_config.json").read_text())
     assert stored["stage"] == "main" and stored["init"] == str(tmp_path / "pre" / "model.safetensors")
+    assert stored["clip_frames"] == 5
     assert json.loads((tmp_path / "pre" / "train_config.json").read_text())["hide_and_seek"]["grid"] == 4
 
 
@@ -101,6 +102,7 @@ def test_cli_pretrain_then_main_on_generated_videos(tmp_path, capsys):
     (["--hide-grid", "-2"], "Hide-and-Seek"),
     (["--threads", "0"], "--threads"),
     (["--hard-pixels", "0"], "--hard-pixels"),
+    (["--clip-frames", "1"], "--clip-frames"),
     (["--data", "/nonexistent/kmnrt"], "is not a folder"),
 ])
 def test_cli_user_errors_are_one_line(tmp_path, capsys, argv, message):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pytest
 import torch
@@ -7,6 +8,7 @@ import torch
 from kmnrt.model.config import get_config
 from kmnrt.model.kmn import build_model
 from kmnrt.model.memory_read import kmn_read, stm_read
+from kmnrt.training.clips import Clip
 from kmnrt.training.datasets import StaticClips
 from kmnrt.training.step import clip_loss, set_train_mode, train_step
 
@@ -53,7 +55,7 @@ def test_batchnorm_statistics_stay_frozen(small_config, model):
 
 def test_loss_reaches_every_stage_of_the_network(small_config, model):
     set_train_mode(model)
-    loss_b, loss_c = clip_loss(model, StaticClips(small_config)[1], CPU)
+    loss_b, loss_c = clip_loss(model, StaticClips(small_config)[1], CPU)  # one loss per frame after the first
     assert loss_b.item() > 0 and loss_c.item() > 0
     (loss_b + loss_c).backward()
     for name in ("memory_encoder.conv1_m.weight", "memory_encoder.conv1_o.weight", "memory_kv.key.weight",
@@ -89,3 +91,18 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_loss(small_config, model):
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     losses = [train_step(model, optimizer, clips, CPU) for _ in range(25)]
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:3]), losses
+
+
+@pytest.mark.parametrize("read_loss_weight", [0.0, 1.0])
+def test_a_longer_clip_continues_the_three_frame_step(small_config, model, read_loss_weight):
+    """Frame t depends only on frames 0..t: the first two losses of a 5-frame clip are those of its first three
+    frames, and every later frame adds its own loss."""
+    set_train_mode(model)
+    long_clip = StaticClips(dataclasses.replace(small_config, clip_frames=5))[3]
+    short_clip = Clip(long_clip.frames[:3], long_clip.labels[:3], long_clip.num_objects)
+    long_losses = clip_loss(model, long_clip, CPU, read_loss_weight=read_loss_weight)
+    short_losses = clip_loss(model, short_clip, CPU, read_loss_weight=read_loss_weight)
+    assert len(long_losses) == 4 and len(short_losses) == 2
+    for long, short in zip(long_losses, short_losses):
+        assert torch.equal(long, short)
+    assert all(loss.item() > 0 for loss in long_losses)
