@@ -168,8 +168,9 @@ def load_state(path: Path, config: TrainConfig) -> dict:
     return state
 
 
-def train(config: TrainConfig, progress: bool = True) -> TrainResult:
-    """Run one training stage as configured; see the module docstring for what lands in ``config.out``."""
+def train(config: TrainConfig, progress: bool = True, bar_position: int | None = None) -> TrainResult:
+    """Run one training stage as configured; see the module docstring for what lands in ``config.out``.
+    ``bar_position``: the progress bar's line, for runs side by side in one terminal."""
     from tqdm import tqdm
 
     started = time.perf_counter()
@@ -208,8 +209,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     checkpoint, state_path = out / CHECKPOINT_NAME, out / STATE_NAME
     log = TrainLog(out / LOG_NAME, config, start)
     set_train_mode(model, config.freeze_batchnorm)
-    bar = tqdm(total=config.iterations, initial=start, desc=f"train {config.model} {config.stage}",
-               unit="it", file=sys.stderr, dynamic_ncols=True, disable=not progress)
+    bar = tqdm(total=config.iterations, initial=start, desc=f"train {config.model} {config.stage} seed {config.seed}",
+               unit="it", file=sys.stderr, dynamic_ncols=True, disable=not progress, position=bar_position)
     for iteration, clips in enumerate(loader, start):
         lr = learning_rate(config, iteration)
         for group in optimizer.param_groups:

@@ -52,14 +52,14 @@ def test_default_model_runs_the_reference_tracker_on_a_generated_video(tmp_path)
 
 
 def test_recipe_trains_from_scratch_with_tied_trunks_calibrated_init_and_the_read_loss(tmp_path):
-    from kmnrt.training.default_model import GRAD_CLIP, READ_LOSS, stage_configs
+    from kmnrt.training.default_model import GRAD_CLIP, READ_LOSS, Recipe, stage_configs
 
-    pretrain, main = stage_configs(tmp_path, threads=1, device="cpu")
+    pretrain, main = stage_configs(Recipe(), tmp_path)
     assert pretrain is None and main.init is None and main.model == MODEL
     assert main.tied_training and main.calibrated_init
     assert main.optim.read_loss_weight == READ_LOSS > 0 and main.optim.grad_clip == GRAD_CLIP
-    pretrain, main = stage_configs(tmp_path, threads=1, device="cpu", pretrain_iterations=10)
-    assert pretrain is not None and pretrain.calibrated_init
+    pretrain, main = stage_configs(Recipe(pretrain_iterations=10), tmp_path, seed=7)
+    assert pretrain is not None and pretrain.calibrated_init and pretrain.seed == main.seed == 7
     assert main.init == tmp_path / "pretrain" / "model.safetensors"
 
 
@@ -81,7 +81,7 @@ def test_recipe_main_stage_is_the_documented_kmnrt_train_command(tmp_path):
     import argparse
 
     from kmnrt.training.cli import config_from_args, register
-    from kmnrt.training.default_model import CROP, MAIN_ITERATIONS, SHORT_SIDE, stage_configs
+    from kmnrt.training.default_model import CROP, MAIN_ITERATIONS, SEEDS, SHORT_SIDE, Recipe, stage_configs
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
@@ -91,8 +91,9 @@ def test_recipe_main_stage_is_the_documented_kmnrt_train_command(tmp_path):
          "--batch", "4", "--iterations",
          str(MAIN_ITERATIONS), "--lr", "1e-3", "--grad-clip", "1", "--tied-training", "--calibrated-init",
          "--read-loss", "1", "--hard-pixels", "0.25", "--data", str(tmp_path / "videos-train"), "--threads", "1",
-         "--checkpoint-every", "100", "--log-every", "25", "--seed", "1", "--out", str(tmp_path / "main")])
-    _, main = stage_configs(tmp_path, threads=1, device="cpu")
+         "--checkpoint-every", "100", "--log-every", "25", "--seed", "2", "--out", str(tmp_path / "main")])
+    assert 2 in SEEDS
+    _, main = stage_configs(Recipe(), tmp_path, seed=2)
     assert config_from_args(args) == main
 
 
@@ -104,13 +105,40 @@ def test_recipe_tracks_at_the_multiples_of_16_in_the_training_scale_range():
     assert track_short_sides(None) == (None,)  # trained at the crop's scale: frames at their own size
 
 
-def test_recipe_finetune_stage_starts_from_the_main_stage(tmp_path):
-    from kmnrt.training.default_model import FINETUNE_LR, SEED, finetune_config
+def _tiny_video_folders(root):
+    config = VideoConfig(height=64, width=96, frames=5)
+    for name, seed in (("videos-train", 11), ("videos-validation", 12), ("videos-heldout", 13)):
+        write_video_dataset(root / name, videos=1, seed=seed, config=config, progress=False)
+    return root
 
-    assert finetune_config(tmp_path, 1, "cpu", iterations=0) is None
-    config = finetune_config(tmp_path, 1, "cpu", iterations=10)
-    assert config.init == tmp_path / "main" / "model.safetensors" and config.seed == SEED + 1
-    assert config.optim.lr == FINETUNE_LR and config.tied_training and not config.calibrated_init
+
+def test_recipe_trains_seeds_side_by_side_and_keeps_the_best_on_validation(tmp_path):
+    """Two seeds in two spawned processes: the weights are those of the same seed trained alone in this
+    process, to the bit; the kept seed is the one with the best validation J&F; every seed is recorded."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from kmnrt.training.default_model import Recipe, main, train_and_choose
+
+    videos = _tiny_video_folders(tmp_path / "videos")
+    argv = ["--out", str(tmp_path / "side-by-side"), "--videos", str(videos), "--config", "tiny", "--size", "64",
+            "--short-side", "0", "--iterations", "3", "--seeds", "4", "5", "--parallel", "2"]
+    assert main(argv) == 0
+    summary = json.loads((tmp_path / "side-by-side" / "summary.json").read_text())
+    assert set(summary["seeds"]) == {"4", "5"}
+    best = max(summary["seeds"], key=lambda seed: summary["seeds"][seed]["validation"])
+    assert summary["seed"] == int(best) and summary["validation"] == summary["seeds"][best]["validation"]
+    assert summary["seeds"][best]["heldout"] == round(summary["heldout"]["J&F-Mean"], 4)
+    assert all(len(seed["validation_by_side_and_sigma"]) == 4 for seed in summary["seeds"].values())  # 4 sigmas
+
+    (tmp_path / "alone").mkdir()
+    for name in ("videos-train", "videos-validation"):
+        (tmp_path / "alone" / name).symlink_to(videos / name)
+    alone = train_and_choose(Recipe("tiny", 64, None, 3, 0), tmp_path / "alone", seed=5)
+    together = load_file(tmp_path / "side-by-side" / "seed-5" / "main" / "model.safetensors")
+    assert all(torch.equal(tensor, together[name]) for name, tensor in load_file(alone.checkpoint).items())
+    assert round(alone.validation, 4) == summary["seeds"]["5"]["validation"]
 
 
 def test_recipe_reports_a_missing_video_folder_without_a_traceback(tmp_path):
