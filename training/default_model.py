@@ -131,6 +131,10 @@ def stage_configs(recipe: Recipe, out: Path, seed: int = SEEDS[0],
 def train_and_choose(recipe: Recipe, out: Path, seed: int, bar_position: int | None = None) -> SeedResult:
     """Train one seed under ``out/seed-<seed>/`` on ``out/videos-train`` and choose its sigma and tracking side
     on ``out/videos-validation``. Runs in a process of its own when seeds train side by side."""
+    import torch
+
+    if recipe.threads is not None:
+        torch.set_num_threads(recipe.threads)  # for the scoring too, also when training was already complete
     seed_out = out / f"seed-{seed}"
     pretrain, main = stage_configs(recipe, seed_out, seed, out / "videos-train")
     if pretrain is not None:
