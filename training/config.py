@@ -120,6 +120,8 @@ class TrainConfig:
         if self.size < 32 or self.size % 16:
             raise UserInputError(f"--size must be a multiple of 16 and at least 32 (the network's stride is 16), "
                                  f"got {self.size}")
+        if self.seed < 0:
+            raise UserInputError(f"--seed must be 0 or more, got {self.seed}")
         if self.clip_frames < 2:
             raise UserInputError(f"--clip-frames must be at least 2 (a given frame and one to segment), "
                                  f"got {self.clip_frames}")

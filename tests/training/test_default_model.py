@@ -141,6 +141,16 @@ def test_recipe_trains_seeds_side_by_side_and_keeps_the_best_on_validation(tmp_p
     assert round(alone.validation, 4) == summary["seeds"]["5"]["validation"]
 
 
+def test_recipe_refuses_zero_parallel_runs(tmp_path):
+    import pytest
+
+    from kmnrt.errors import UserInputError
+    from kmnrt.training.default_model import main
+
+    with pytest.raises(UserInputError, match="--parallel"):
+        main(["--out", str(tmp_path / "out"), "--parallel", "0"])
+
+
 def test_recipe_reports_a_missing_video_folder_without_a_traceback(tmp_path):
     import subprocess
     import sys

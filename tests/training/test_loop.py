@@ -103,6 +103,7 @@ def test_cli_pretrain_then_main_on_generated_videos(tmp_path, capsys):
     (["--threads", "0"], "--threads"),
     (["--hard-pixels", "0"], "--hard-pixels"),
     (["--clip-frames", "1"], "--clip-frames"),
+    (["--seed", "-1"], "--seed"),
     (["--data", "/nonexistent/kmnrt"], "is not a folder"),
 ])
 def test_cli_user_errors_are_one_line(tmp_path, capsys, argv, message):
