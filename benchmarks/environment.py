@@ -8,11 +8,11 @@ import platform
 import re
 import shutil
 import subprocess
-import sys
-from importlib import metadata
 from pathlib import Path
 
 import torch
+
+from kmnrt.versions import package_versions
 
 PACKAGES = ("kmn-rt", "torch", "onnxruntime", "onnxruntime-gpu", "onnx", "numpy", "tensorrt", "opencv-python-headless")
 
@@ -53,23 +53,13 @@ def gpu_info() -> dict | None:
     return info
 
 
-def library_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {"python": sys.version.split()[0]}
-    for package in PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
-
-
 def describe_environment() -> dict:
     from kmnrt.runtime.backends.base import physical_cores
 
     gpu = gpu_info()
     return {"cpu": cpu_model(), "physical_cores": physical_cores(), "logical_cpus": _logical_cpus(),
             "torch_threads": torch.get_num_threads(), "memory_bytes": memory_total_bytes(), "gpu": gpu,
-            "platform": platform.platform(), "versions": library_versions(), "device_name": device_name(gpu)}
+            "platform": platform.platform(), "versions": package_versions(PACKAGES), "device_name": device_name(gpu)}
 
 
 def device_name(gpu: dict | None) -> str:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from kmnrt.errors import UserInputError, VerificationError
 from kmnrt.model.config import ReadConfig, get_config
+from kmnrt.versions import package_versions
 
 if TYPE_CHECKING:
     from kmnrt.model.kmn import KMN
@@ -155,17 +156,8 @@ def load_export_model(options: ExportOptions):
     return model, {"path": str(checkpoint), "sha256": sha256_of(checkpoint), "source": source}
 
 
-def library_versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    versions: dict[str, str | None] = {"python": sys.version.split()[0]}
-    for package in ("kmn-rt", "torch", "onnx", "onnxscript", "onnxruntime", "polygraphy", "numpy",
-                    "onnxconverter-common", "tensorrt"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
+BUNDLE_PACKAGES = ("kmn-rt", "torch", "onnx", "onnxscript", "onnxruntime", "polygraphy", "numpy",
+                   "onnxconverter-common", "tensorrt")
 
 
 def export_bundle(options: ExportOptions, model=None, progress: bool = True) -> Path:
@@ -341,7 +333,7 @@ def _write_manifest(folder: Path, options: ExportOptions, model, specs, checkpoi
         engine=options.engine,
         graphs=graphs,
         files=record_files(folder, names),
-        versions=library_versions(),
+        versions=package_versions(BUNDLE_PACKAGES),
         tensorrt=(log.tensorrt or {}).get("target"),
         extra={"verified": bool(log.verification and log.verification["passed"]), "max_batch": options.max_batch,
                "io_dtype": "float32", "opset": 18, "exporter": "torch.onnx.export(dynamo=True)"},

@@ -3,8 +3,8 @@
 The fp32 graphs are converted with onnxconverter-common's ``convert_float_to_float16`` with ``keep_io_types``:
 every graph keeps float32 inputs and outputs (casts sit inside the graph), so a runtime feeds fp16 and fp32 bundles
 identically and the bank stays fp32. Two things stay fp32 inside converted graphs: the decoder's soft aggregation
-(its logit clamp at +-16.1 and the background's log(1 - e^x) lose all precision in fp16) and anything the read computes (the whole
-read graph is kept fp32, ``GraphSpec.keep_fp32``).
+(its logit clamp at +-16.1 and the background's log(1 - e^x) lose all precision in fp16) and anything the read
+computes (the whole read graph is kept fp32, ``GraphSpec.keep_fp32``).
 
 Parity is measured end to end against the fp32 PyTorch model on the verification scene: the four fp16-bundle
 graphs run in ORT one after another (query encoder, read of a bank the fp16 memory encoder wrote, decoder) and the

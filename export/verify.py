@@ -134,7 +134,8 @@ def compare_graph(onnx_path: Path, spec: GraphSpec, cases: list[dict]) -> dict:
     per_iteration = next(iter(accuracy[0].values()))  # one compare function, one runner pair
     records = []
     for case, ort_out, verdict in zip(cases, ort_outputs, per_iteration):
-        record = {"sizes": case["sizes"], "passed": bool(verdict) and all(bool(r) for r in verdict.values()), "outputs": {}}
+        passed = bool(verdict) and all(bool(r) for r in verdict.values())
+        record = {"sizes": case["sizes"], "passed": passed, "outputs": {}}
         for name, expected in case["expected"].items():
             got = ort_out[name]
             if name == MATCH_OUTPUT:

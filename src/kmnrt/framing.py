@@ -108,7 +108,8 @@ def one_hot_probs(labels: np.ndarray | Tensor, object_ids: list[int], device: to
     ``object_ids`` count as background."""
     labels = (labels if isinstance(labels, Tensor) else torch.from_numpy(_writable(np.asarray(labels)))).to(device)
     planes = [labels == obj for obj in object_ids]
-    foreground = torch.stack(planes).to(torch.float32) if planes else labels.new_zeros((0, *labels.shape), dtype=torch.float32)
+    foreground = (torch.stack(planes).to(torch.float32) if planes
+                  else labels.new_zeros((0, *labels.shape), dtype=torch.float32))
     background = 1.0 - foreground.sum(dim=0, keepdim=True).clamp(max=1.0)
     return torch.cat([background, foreground])
 

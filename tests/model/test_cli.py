@@ -29,9 +29,9 @@ def run(capsys, *args):
 def test_track_writes_palette_pngs_named_like_the_frames(tmp_path, capsys, shared_vos, tiny_checkpoint):
     seq = shared_vos / "davis2016_bmx-trees"
     out = tmp_path / "pred"
+    first_mask = seq / "Annotations_davis2017_first_frame" / "00000.png"
     code, stdout, err = run(capsys, "--config", "tiny", "--checkpoint", tiny_checkpoint,
-                            "--input", seq / "JPEGImages", "--mask", seq / "Annotations_davis2017_first_frame" / "00000.png",
-                            "--out", out, "--max-frames", 4)
+                            "--input", seq / "JPEGImages", "--mask", first_mask, "--out", out, "--max-frames", 4)
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "00002.png", "00003.png"]
     first = Image.open(out / "00000.png")
@@ -73,8 +73,8 @@ def test_track_reads_a_video_file(tmp_path, capsys, tiny_checkpoint):
 
 def test_random_weights_come_with_a_warning(tmp_path, capsys, shared_vos):
     seq = shared_vos / "davis2016_blackswan"
-    code, _, err = run(capsys, "--config", "lite", "--input", seq / "JPEGImages", "--mask", seq / "Annotations" / "00000.png",
-                       "--out", tmp_path / "pred", "--max-frames", 1)
+    code, _, err = run(capsys, "--config", "lite", "--input", seq / "JPEGImages",
+                       "--mask", seq / "Annotations" / "00000.png", "--out", tmp_path / "pred", "--max-frames", 1)
     assert code == 0 and "random weights" in err
 
 

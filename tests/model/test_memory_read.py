@@ -90,8 +90,9 @@ def test_log_bias_form_equals_product_form_in_float64():
     match = memory_to_query_match(keys, query)
     ys = torch.arange(h, dtype=mk.dtype).repeat_interleave(w)
     xs = torch.arange(w, dtype=mk.dtype).repeat(h)
-    g = torch.exp(-((ys.view(1, -1, 1) - ys[match].unsqueeze(1)) ** 2 + (xs.view(1, -1, 1) - xs[match].unsqueeze(1)) ** 2)
-                  / (2 * sigma**2))
+    squared_distance = ((ys.view(1, -1, 1) - ys[match].unsqueeze(1)) ** 2
+                        + (xs.view(1, -1, 1) - xs[match].unsqueeze(1)) ** 2)
+    g = torch.exp(-squared_distance / (2 * sigma**2))
     scores = torch.exp(query.T @ keys / math.sqrt(ck)) * g
     product = (values @ (scores / scores.sum(-1, keepdim=True)).transpose(1, 2)).reshape(n, -1, h, w)
     assert torch.allclose(kmn_read(mk, mv, qk, sigma), product, atol=1e-12)

@@ -1,5 +1,6 @@
-"""Training from random weights: finite gradients through the soft aggregation, the tied memory/query trunks, the calibrated
-initialisation and the auxiliary loss on the memory read (docs/default-model.md explains why each exists)."""
+"""Training from random weights: finite gradients through the soft aggregation, the tied memory/query trunks, the
+calibrated initialisation and the auxiliary loss on the memory read (docs/default-model.md explains why each
+exists)."""
 
 from __future__ import annotations
 
