@@ -211,15 +211,16 @@ def load_model(config: ModelConfig, checkpoint: str | os.PathLike | None = None,
 
 
 def save_checkpoint(model: KMN, path: str | os.PathLike, recommended: ReadConfig | None = None,
-                    short_side: int | None = None) -> Path:
+                    short_side: int | None = None, state: dict[str, Tensor] | None = None) -> Path:
     """Write the project's format (safetensors + config metadata) atomically; ``recommended`` records the read
     these weights were measured to work best with (see :func:`recommended_read`), ``short_side`` the short side
-    to track at (:func:`recommended_short_side`)."""
+    to track at (:func:`recommended_short_side`); ``state``: weights to write instead of the model's own (e.g.
+    averaged ones), under the model's config."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in (state or model.state_dict()).items()}
     metadata = {"format": FORMAT, "config": json.dumps(model.config.to_dict())}
     if recommended is not None:
         metadata["read"] = json.dumps({"kind": recommended.kind, "sigma": recommended.sigma})

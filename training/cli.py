@@ -21,7 +21,8 @@ examples:
   kmnrt train --config tiny --stage pretrain --resume runs/tiny-pre/train_state.pt --out runs/tiny-pre
 
 writes to --out: model.safetensors (weights, every --checkpoint-every iterations and at the end),
-train_state.pt (for --resume), train_config.json, losses.csv and loss_curve.png.
+model_averaged.safetensors (with --average-from), train_state.pt (for --resume), train_config.json,
+losses.csv and loss_curve.png.
 """
 
 
@@ -97,6 +98,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--checkpoint-every", type=int, default=500,
                         help="save weights and training state every N iterations (default: 500)")
+    parser.add_argument("--average-from", type=int, metavar="ITERATION",
+                        help="also write model_averaged.safetensors, the mean of the weights after this iteration "
+                        "and after every --average-every-th from there (tail weight averaging, as SWA; the last "
+                        "weights are unchanged); default: off")
+    parser.add_argument("--average-every", type=int, default=100, metavar="N",
+                        help="iterations between the averaged weights (default: 100)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and of every sample (default: 0)")
     parser.add_argument("--workers", type=int, default=0,
                         help="DataLoader worker processes making clips (default: 0, in the training process)")
@@ -124,6 +131,12 @@ def register_generate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--height", type=int, default=144, help="frame height in pixels (default: 144)")
     parser.add_argument("--width", type=int, default=256, help="frame width in pixels (default: 256)")
     parser.add_argument("--max-objects", type=int, default=3, help="labelled objects per video, at most (default: 3)")
+    parser.add_argument("--average-from", type=int, metavar="ITERATION",
+                        help="also write model_averaged.safetensors, the mean of the weights after this iteration "
+                        "and after every --average-every-th from there (tail weight averaging, as SWA; the last "
+                        "weights are unchanged); default: off")
+    parser.add_argument("--average-every", type=int, default=100, metavar="N",
+                        help="iterations between the averaged weights (default: 100)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the whole tree (default: 0)")
     parser.set_defaults(handler=run_generate)
 
@@ -140,7 +153,7 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig (imported lazi
     import dataclasses
 
     from kmnrt.errors import UserInputError
-    from kmnrt.training.config import preset
+    from kmnrt.training.config import WeightAverageConfig, preset
 
     config = preset(args.config, args.stage, args.out, iterations=args.iterations, batch=args.batch,
                     size=args.size, short_side=args.short_side, clip_frames=args.clip_frames, lr=args.lr,
@@ -169,7 +182,8 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig (imported lazi
         raise UserInputError(f"--data {args.data} is not a folder")
     if args.init is not None and args.resume is not None:
         raise UserInputError("--init and --resume exclude each other: a resumed run continues from its own weights")
-    return dataclasses.replace(config, optim=optim, hide_and_seek=hide, synthetic=synthetic, skip=skip)
+    return dataclasses.replace(config, optim=optim, hide_and_seek=hide, synthetic=synthetic, skip=skip,
+                               average=WeightAverageConfig(args.average_from, args.average_every))
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -180,4 +194,6 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"trained {result.iterations} iterations in {result.seconds:.0f} s; mean loss of the last "
           f"{len(recent)}: {sum(recent) / max(len(recent), 1):.4f}", file=sys.stderr)
     print(result.checkpoint)
+    if result.averaged is not None:
+        print(result.averaged)
     return 0

@@ -76,6 +76,15 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class WeightAverageConfig:
+    """Tail weight averaging (training/averaging.py): the weights after iteration ``start`` and after every
+    ``every``-th iteration from there are averaged into ``model_averaged.safetensors``; ``start`` None = off."""
+
+    start: int | None = None
+    every: int = 100
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs. ``data`` is a DAVIS-style tree (main) or an image folder (pretrain;
     None = the synthetic generator); ``init`` a checkpoint to start from; ``resume`` a training-state file."""
@@ -108,6 +117,7 @@ class TrainConfig:
     augment: AffineRange = field(default_factory=AffineRange)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     skip: SkipCurriculum = field(default_factory=SkipCurriculum)
+    average: WeightAverageConfig = field(default_factory=WeightAverageConfig)
 
     def __post_init__(self) -> None:
         if self.model not in CONFIGS:
@@ -133,6 +143,11 @@ class TrainConfig:
             raise UserInputError(f"--read-loss must be 0 or more, got {self.optim.read_loss_weight}")
         if not 0 < self.optim.hard_pixel_fraction <= 1:
             raise UserInputError(f"--hard-pixels must be in (0, 1], got {self.optim.hard_pixel_fraction}")
+        if self.average.start is not None and not 1 <= self.average.start <= self.iterations:
+            raise UserInputError(f"--average-from must be an iteration of the stage, 1 to {self.iterations}, "
+                                 f"got {self.average.start}")
+        if self.average.every < 1:
+            raise UserInputError(f"--average-every must be at least 1, got {self.average.every}")
         if self.workers < 0:
             raise UserInputError(f"--workers must be 0 or more, got {self.workers}")
         if self.threads is not None and self.threads < 1:

@@ -4,6 +4,8 @@ Files written to ``config.out`` (atomically, except the appended ``train.log``):
 
 - ``model.safetensors``: the weights (:func:`kmnrt.model.checkpoint.save_checkpoint`), every
   ``checkpoint_every`` iterations and at the end; load with ``load_model(get_config(name), path)``;
+- ``model_averaged.safetensors``: with ``--average-from``, the mean of the weights over the stage's tail
+  (:mod:`kmnrt.training.averaging`), written with each checkpoint once the averaging has begun;
 - ``train_state.pt``: weights, optimiser state, iteration, seed and loss history, tensors and primitives only
   (``torch.load(..., weights_only=True)`` reads it); ``--resume`` continues from it;
 - ``train_config.json`` (the run's configuration) at the start; ``train.log`` (a line every ``log_every``
@@ -27,6 +29,7 @@ from kmnrt.errors import CheckpointError, UserInputError
 from kmnrt.model.checkpoint import load_state_into, read_checkpoint, save_checkpoint
 from kmnrt.model.config import get_config
 from kmnrt.model.kmn import KMN, build_model
+from kmnrt.training.averaging import AVERAGED_NAME, WeightAverage
 from kmnrt.training.config import TrainConfig
 from kmnrt.training.datasets import StaticClips, VideoClips, find_image_pairs, find_video_sequences
 from kmnrt.training.plots import plot_loss_curve
@@ -41,6 +44,7 @@ LOG_NAME = "train.log"
 @dataclass
 class TrainResult:
     checkpoint: Path
+    averaged: Path | None  # model_averaged.safetensors, with --average-from
     state: Path
     loss_curve: Path
     iterations: int      # the iteration count reached (the run's total)
@@ -136,7 +140,8 @@ def calibrate_init(model: KMN, size: int = 128, seed: int = 0) -> None:
 
 
 def save_state(path: Path, model: KMN, optimizer: torch.optim.Optimizer, config: TrainConfig, iteration: int,
-               losses: list[float], scaler: torch.amp.GradScaler | None = None) -> None:
+               losses: list[float], scaler: torch.amp.GradScaler | None = None,
+               average: WeightAverage | None = None) -> None:
     state = {
         "format": STATE_FORMAT, "model_config": config.model, "stage": config.stage, "seed": config.seed,
         "iteration": iteration, "iterations": config.iterations,
@@ -145,6 +150,8 @@ def save_state(path: Path, model: KMN, optimizer: torch.optim.Optimizer, config:
     }
     if scaler is not None:
         state["scaler"] = scaler.state_dict()
+    if average is not None and average.count:
+        state["average"] = average.state_dict()
     with atomic_output(path) as tmp:
         torch.save(state, tmp)
 
@@ -193,11 +200,18 @@ def train(config: TrainConfig, progress: bool = True, bar_position: int | None =
     optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if config.amp and device.type == "cuda" else None
     start, losses = 0, []
+    average = WeightAverage(config.average)
     if resumed is not None:
         optimizer.load_state_dict(resumed["optimizer"])
         start, losses = int(resumed["iteration"]), [float(x) for x in resumed["losses"]]
         if scaler is not None and "scaler" in resumed:
             scaler.load_state_dict(resumed["scaler"])
+        if "average" in resumed:
+            average.load_state_dict(resumed["average"], source=f"--resume {config.resume}")
+        elif config.average.start is not None and start >= config.average.start:
+            raise UserInputError(f"--resume {config.resume} is at iteration {start}, past --average-from "
+                                 f"{config.average.start}, and did not average: resume without --average-from, "
+                                 f"or start the averaging later")
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -206,7 +220,7 @@ def train(config: TrainConfig, progress: bool = True, bar_position: int | None =
     dataset = build_dataset(config)
     loader = DataLoader(dataset, batch_size=config.batch, sampler=range(start * config.batch, len(dataset)),
                         collate_fn=list, num_workers=config.workers)
-    checkpoint, state_path = out / CHECKPOINT_NAME, out / STATE_NAME
+    checkpoint, state_path, averaged = out / CHECKPOINT_NAME, out / STATE_NAME, out / AVERAGED_NAME
     log = TrainLog(out / LOG_NAME, config, start)
     set_train_mode(model, config.freeze_batchnorm)
     bar = tqdm(total=config.iterations, initial=start, desc=f"train {config.model} {config.stage} seed {config.seed}",
@@ -223,15 +237,20 @@ def train(config: TrainConfig, progress: bool = True, bar_position: int | None =
         done = iteration + 1
         if done % config.log_every == 0 or done == config.iterations:
             log.write(done, losses, lr)
+        if average.wants(done):
+            average.add(model)
         if done % config.checkpoint_every == 0 or done == config.iterations:
             save_checkpoint(model, checkpoint)
-            save_state(state_path, model, optimizer, config, done, losses, scaler)
+            if average.count:
+                save_checkpoint(model, averaged, state=average.mean(model))
+            save_state(state_path, model, optimizer, config, done, losses, scaler, average)
     bar.close()
     model.eval()
     with atomic_output(out / "losses.csv") as tmp:
         tmp.write_text("iteration,loss\n" + "".join(f"{i},{v:.6f}\n" for i, v in enumerate(losses)))
     curve = plot_loss_curve(losses, out / "loss_curve.png", title=f"{config.model} {config.stage}")
-    return TrainResult(checkpoint, state_path, curve, config.iterations, losses, time.perf_counter() - started)
+    return TrainResult(checkpoint, averaged if average.count else None, state_path, curve, config.iterations,
+                       losses, time.perf_counter() - started)
 
 
 class TrainLog:
