@@ -131,12 +131,6 @@ def register_generate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--height", type=int, default=144, help="frame height in pixels (default: 144)")
     parser.add_argument("--width", type=int, default=256, help="frame width in pixels (default: 256)")
     parser.add_argument("--max-objects", type=int, default=3, help="labelled objects per video, at most (default: 3)")
-    parser.add_argument("--average-from", type=int, metavar="ITERATION",
-                        help="also write model_averaged.safetensors, the mean of the weights after this iteration "
-                        "and after every --average-every-th from there (tail weight averaging, as SWA; the last "
-                        "weights are unchanged); default: off")
-    parser.add_argument("--average-every", type=int, default=100, metavar="N",
-                        help="iterations between the averaged weights (default: 100)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the whole tree (default: 0)")
     parser.set_defaults(handler=run_generate)
 

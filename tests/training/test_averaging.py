@@ -102,3 +102,9 @@ def test_cli_prints_both_weights_files(tmp_path, capsys):
     assert kmnrt_main(["train", "--config", "tiny", "--size", "64", "--batch", "2", "--iterations", "2",
                        "--hide-grid", "4", "--threads", "1", "--average-from", "1", "--out", str(out)]) == 0
     assert capsys.readouterr().out.split() == [str(out / "model.safetensors"), str(out / "model_averaged.safetensors")]
+
+
+def test_generate_data_has_no_averaging_options(capsys):
+    with pytest.raises(SystemExit):
+        kmnrt_main(["generate-data", "--help"])
+    assert "--average" not in capsys.readouterr().out
