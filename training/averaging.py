@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from kmnrt.errors import UserInputError
 from kmnrt.training.config import WeightAverageConfig
 
 AVERAGED_NAME = "model_averaged.safetensors"
@@ -56,8 +57,6 @@ class WeightAverage:
         return {"start": self.config.start, "every": self.config.every, "count": self.count, "sums": self.sums}
 
     def load_state_dict(self, state: dict, source: str) -> None:
-        from kmnrt.errors import UserInputError
-
         if (state["start"], state["every"]) != (self.config.start, self.config.every):
             raise UserInputError(f"{source} averaged the weights from iteration {state['start']} every "
                                  f"{state['every']}; resume with --average-from {state['start']} "
