@@ -62,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=float,
                         help="Adam learning rate (default: paper 1e-5, lite 1e-4, tiny 1e-3), poly-decayed")
     parser.add_argument("--constant-lr", action="store_true", help="no poly decay of the learning rate")
+    parser.add_argument("--warmup", type=int, default=0, metavar="N",
+                        help="ramp the learning rate up linearly over the first N iterations (default: 0); from "
+                        "random weights Adam's first full-size steps can saturate the output for good")
     parser.add_argument("--grad-clip", type=float, help="clip the global gradient norm to this value")
     parser.add_argument("--hard-pixels", type=float, default=1.0,
                         help="average the loss over this fraction of the pixels with the highest loss "
@@ -159,7 +162,7 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig (imported lazi
                     calibrated_init=args.calibrated_init)
     optim = dataclasses.replace(config.optim, poly_power=None if args.constant_lr else config.optim.poly_power,
                                 grad_clip=args.grad_clip, hard_pixel_fraction=args.hard_pixels,
-                                read_loss_weight=args.read_loss)
+                                read_loss_weight=args.read_loss, warmup=args.warmup)
     hide = dataclasses.replace(config.hide_and_seek, enabled=not args.no_hide_and_seek,
                                grid=config.hide_and_seek.grid if args.hide_grid is None else args.hide_grid)
     synthetic = config.synthetic

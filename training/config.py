@@ -73,6 +73,7 @@ class OptimConfig:
     grad_clip: float | None = None  # max global gradient norm; None = no clipping
     hard_pixel_fraction: float = 1.0  # < 1: bootstrapped cross-entropy over the hardest pixels (STCN); 1 = paper
     read_loss_weight: float = 0.0  # > 0: auxiliary loss on the attention reading the pooled masks (step.py)
+    warmup: int = 0  # iterations of linear lr ramp-up from lr/warmup (training/loop.py: learning_rate)
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,8 @@ class TrainConfig:
             raise UserInputError(f"--short-side must be at least the crop size {self.size}, got {self.short_side}")
         if not self.optim.lr > 0:
             raise UserInputError(f"--lr must be positive, got {self.optim.lr}")
+        if self.optim.warmup < 0:
+            raise UserInputError(f"--warmup must be 0 or more iterations, got {self.optim.warmup}")
         if not self.optim.read_loss_weight >= 0:
             raise UserInputError(f"--read-loss must be 0 or more, got {self.optim.read_loss_weight}")
         if not 0 < self.optim.hard_pixel_fraction <= 1:

@@ -44,6 +44,7 @@ SHORT_SIDE = 216         # ... out of frames resized to a short side of 216-281 
 PRETRAIN_ITERATIONS = 0  # 0: no pre-training stage (not tried with the from-scratch measures; see the model card)
 MAIN_ITERATIONS = 15000  # one thread at about 5 iterations/s on this machine: 51 min
 PRETRAIN_LR = 1e-3
+PRETRAIN_WARMUP = 200    # without a warm-up, Adam's first step saturated seed 2's pre-training output for good
 MAIN_LR = 1e-3
 READ_LOSS = 1.0          # weight of the auxiliary attention loss (kmnrt.training.step.read_mask_loss)
 GRAD_CLIP = 1.0          # global gradient norm; without it a run from random weights can blow up in its first steps
@@ -120,8 +121,10 @@ def stage_configs(recipe: Recipe, out: Path, seed: int = SEEDS[0],
     if recipe.pretrain_iterations > 0:
         pretrain = preset(recipe.model, "pretrain", out / "pretrain", iterations=recipe.pretrain_iterations,
                           lr=PRETRAIN_LR, calibrated_init=True, **common)
-        pretrain = dataclasses.replace(with_losses(pretrain), hide_and_seek=dataclasses.replace(
-            pretrain.hide_and_seek, grid=recipe.crop // 16))
+        pretrain = with_losses(pretrain)
+        pretrain = dataclasses.replace(pretrain, optim=dataclasses.replace(pretrain.optim, warmup=PRETRAIN_WARMUP),
+                                       hide_and_seek=dataclasses.replace(pretrain.hide_and_seek,
+                                                                         grid=recipe.crop // 16))
     main = preset(recipe.model, "main", out / "main", iterations=recipe.main_iterations, lr=MAIN_LR,
                   data=videos or out / "videos-train", short_side=recipe.short_side,
                   init=out / "pretrain" / "model.safetensors" if pretrain is not None else None,

@@ -61,11 +61,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def learning_rate(config: TrainConfig, iteration: int) -> float:
-    """Adam's learning rate at ``iteration``: constant, or poly decay to 0 at the end of the stage."""
+    """Adam's learning rate at ``iteration``: constant, or poly decay to 0 at the end of the stage; ramped up
+    linearly over the first ``warmup`` iterations when asked (Adam's first steps move every weight by about the
+    full lr whatever its gradient, which from random weights can saturate the output for good)."""
     power = config.optim.poly_power
-    if power is None:
-        return config.optim.lr
-    return config.optim.lr * (1.0 - iteration / config.iterations) ** power
+    lr = config.optim.lr if power is None else config.optim.lr * (1.0 - iteration / config.iterations) ** power
+    warmup = config.optim.warmup
+    return lr * (iteration + 1) / warmup if iteration < warmup else lr
 
 
 def build_dataset(config: TrainConfig) -> StaticClips | VideoClips:

@@ -52,7 +52,7 @@ def test_default_model_runs_the_reference_tracker_on_a_generated_video(tmp_path)
 
 
 def test_recipe_trains_from_scratch_with_tied_trunks_calibrated_init_and_the_read_loss(tmp_path):
-    from kmnrt.training.default_model import GRAD_CLIP, READ_LOSS, Recipe, stage_configs
+    from kmnrt.training.default_model import GRAD_CLIP, PRETRAIN_WARMUP, READ_LOSS, Recipe, stage_configs
 
     pretrain, main = stage_configs(Recipe(), tmp_path)
     assert pretrain is None and main.init is None and main.model == MODEL
@@ -61,6 +61,7 @@ def test_recipe_trains_from_scratch_with_tied_trunks_calibrated_init_and_the_rea
     pretrain, main = stage_configs(Recipe(pretrain_iterations=10), tmp_path, seed=7)
     assert pretrain is not None and pretrain.calibrated_init and pretrain.seed == main.seed == 7
     assert main.init == tmp_path / "pretrain" / "model.safetensors"
+    assert pretrain.optim.warmup == PRETRAIN_WARMUP > 0 and main.optim.warmup == 0
 
 
 def test_recipe_refuses_to_install_over_another_configs_weights(tmp_path):

@@ -12,6 +12,7 @@ from kmnrt.cli import main as kmnrt_main
 from kmnrt.errors import UserInputError
 from kmnrt.model.checkpoint import load_model, read_checkpoint
 from kmnrt.model.config import get_config
+from kmnrt.model.kmn import build_model
 from kmnrt.training.config import HideAndSeekConfig, OptimConfig, preset
 from kmnrt.training.loop import learning_rate, train
 
@@ -78,12 +79,33 @@ def test_poly_learning_rate_decays_to_zero():
     assert learning_rate(constant, 99) == 1e-3
 
 
+def test_warmup_ramps_the_learning_rate_up_then_hands_over_to_the_schedule():
+    config = preset("tiny", "pretrain", "unused", iterations=100, lr=1e-3)
+    warm = dataclasses.replace(config, optim=dataclasses.replace(config.optim, warmup=10))
+    assert [learning_rate(warm, i) for i in (0, 4, 9)] == pytest.approx(
+        [learning_rate(config, i) * f for i, f in ((0, 0.1), (4, 0.5), (9, 1.0))])
+    assert [learning_rate(warm, i) for i in (10, 50, 99)] == [learning_rate(config, i) for i in (10, 50, 99)]
+
+
+def test_warmup_shrinks_adams_first_step(small_config):
+    """Adam's first step moves every weight by about lr whatever the gradient's size: the warm-up's point."""
+    start = build_model(get_config(small_config.model), seed=small_config.seed).state_dict()  # the run's own
+    steps = {}
+    for warmup in (0, 4):
+        config = dataclasses.replace(_schedule_free(small_config), iterations=1, out=small_config.out / str(warmup),
+                                     optim=OptimConfig(lr=2e-3, poly_power=None, warmup=warmup))
+        trained, _ = read_checkpoint(train(config, progress=False).checkpoint)
+        steps[warmup] = max(float((trained[name] - start[name]).abs().max()) for name in start)
+    assert steps[0] == pytest.approx(2e-3, rel=0.05)
+    assert steps[4] == pytest.approx(2e-3 / 4, rel=0.05)
+
+
 def test_cli_pretrain_then_main_on_generated_videos(tmp_path, capsys):
     videos = tmp_path / "videos"
     assert kmnrt_main(["generate-data", "--out", str(videos), "--videos", "2", "--frames", "6", "--height", "64",
                        "--width", "96", "--seed", "3"]) == 0
     common = ["--config", "tiny", "--size", "64", "--batch", "2", "--iterations", "2", "--threads", "1"]
-    assert kmnrt_main(["train", "--stage", "pretrain", *common, "--hide-grid", "4", "--out",
+    assert kmnrt_main(["train", "--stage", "pretrain", *common, "--hide-grid", "4", "--warmup", "3", "--out",
                        str(tmp_path / "pre")]) == 0
     assert kmnrt_main(["train", "--stage", "main", *common, "--data", str(videos), "--clip-frames", "5", "--init",
                        str(tmp_path / "pre" / "model.safetensors"), "--out", str(tmp_path / "main")]) == 0
@@ -92,8 +114,9 @@ def test_cli_pretrain_then_main_on_generated_videos(tmp_path, capsys):
     assert "trained 2 iterations" in printed.err
     stored = json.loads((tmp_path / "main" / "train_config.json").read_text())
     assert stored["stage"] == "main" and stored["init"] == str(tmp_path / "pre" / "model.safetensors")
-    assert stored["clip_frames"] == 5
-    assert json.loads((tmp_path / "pre" / "train_config.json").read_text())["hide_and_seek"]["grid"] == 4
+    assert stored["clip_frames"] == 5 and stored["optim"]["warmup"] == 0
+    pretrain = json.loads((tmp_path / "pre" / "train_config.json").read_text())
+    assert pretrain["hide_and_seek"]["grid"] == 4 and pretrain["optim"]["warmup"] == 3
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -102,6 +125,7 @@ def test_cli_pretrain_then_main_on_generated_videos(tmp_path, capsys):
     (["--hide-grid", "-2"], "Hide-and-Seek"),
     (["--threads", "0"], "--threads"),
     (["--hard-pixels", "0"], "--hard-pixels"),
+    (["--warmup", "-1"], "--warmup"),
     (["--clip-frames", "1"], "--clip-frames"),
     (["--seed", "-1"], "--seed"),
     (["--data", "/nonexistent/kmnrt"], "is not a folder"),
