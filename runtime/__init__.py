@@ -5,18 +5,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from kmnrt.lazy import lazy_exports
 
-__all__ = ["Tracker", "SessionState", "StepResult"]
+_EXPORTS = {"Tracker": "kmnrt.runtime.tracker", "SessionState": "kmnrt.runtime.state",
+            "StepResult": "kmnrt.runtime.state"}
 
+__all__ = sorted(_EXPORTS)
 
-def __getattr__(name: str) -> Any:
-    if name == "Tracker":
-        from kmnrt.runtime.tracker import Tracker
-
-        return Tracker
-    if name in ("SessionState", "StepResult"):
-        from kmnrt.runtime import state
-
-        return getattr(state, name)
-    raise AttributeError(f"module 'kmnrt.runtime' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

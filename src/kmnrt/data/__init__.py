@@ -10,8 +10,9 @@ Public API (imported lazily, so ``import kmnrt.data`` does not load numpy, OpenC
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from kmnrt.lazy import lazy_exports
 
 _EXPORTS = {
     "DAVIS_PALETTE": "kmnrt.data.palette",
@@ -50,14 +51,4 @@ if TYPE_CHECKING:
     from kmnrt.data.palette import DAVIS_PALETTE, DAVIS_VOID, colorize_labels, read_label_png, write_label_png
 
 
-def __getattr__(name: str) -> Any:
-    module_name = _EXPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

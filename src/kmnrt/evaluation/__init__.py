@@ -11,8 +11,9 @@ Public API (imported lazily, so registering the ``eval`` command does not load n
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from kmnrt.lazy import lazy_exports
 
 _EXPORTS = {
     "DEFAULT_BOUND_TH": "kmnrt.evaluation.metrics",
@@ -59,14 +60,4 @@ if TYPE_CHECKING:
     from kmnrt.evaluation.statistics import SeriesStatistics, decay_breakpoints, series_statistics
 
 
-def __getattr__(name: str) -> Any:
-    module_name = _EXPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
