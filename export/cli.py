@@ -6,8 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from kmnrt.model.cli import add_read_arguments
-from kmnrt.model.config import CONFIGS, DEFAULT_CONFIG
+from kmnrt.model.cli import add_read_arguments, add_weights_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,11 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "against PyTorch; write the weights, a report and a manifest with every file's sha256. The bundle is built "
         "in a temporary folder and renamed into place, so a failed export leaves nothing behind.",
     )
-    parser.add_argument("--config", choices=sorted(CONFIGS), default=DEFAULT_CONFIG,
-                        help=f"model size (default: {DEFAULT_CONFIG})")
-    parser.add_argument("--checkpoint", type=Path,
-                        help="weights (STM_weights.pth with --config paper, or a kmnrt .safetensors); default: the "
-                        "config's embedded weights if it has some, else seeded random weights (recorded as such)")
+    add_weights_arguments(parser)
     parser.add_argument("--height", type=int,
                         help="input height, a multiple of 16; frames of other sizes are resized to fit (default: "
                         "the short side the checkpoint recommends for tracking, if it records one, else 480)")

@@ -20,12 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "memory = first frame + every --mem-every-th frame + the previous frame). Writes one indexed DAVIS-palette "
         "PNG per frame, named like the frames and of their size, keeping the mask's label ids.",
     )
-    parser.add_argument("--config", choices=sorted(CONFIGS), default=DEFAULT_CONFIG,
-                        help=f"model size (default: {DEFAULT_CONFIG})")
-    parser.add_argument("--checkpoint", type=Path,
-                        help="weights: STM's STM_weights.pth (with --config paper) or a kmnrt .safetensors "
-                        "checkpoint; default: the embedded weights of the config if it has some, else seeded "
-                        "random weights (a warning says so)")
+    add_weights_arguments(parser)
     add_read_arguments(parser)
     add_short_side_argument(parser)
     parser.add_argument("--mem-every", type=int, default=5,
@@ -40,6 +35,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch device (default: cpu)")
     parser.set_defaults(handler=run_track)
+
+
+def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config and --checkpoint: which network, with which weights (track and export alike)."""
+    parser.add_argument("--config", choices=sorted(CONFIGS), default=DEFAULT_CONFIG,
+                        help=f"model size (default: {DEFAULT_CONFIG})")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="weights: STM's STM_weights.pth (with --config paper) or a kmnrt .safetensors "
+                        "checkpoint; default: the embedded weights of the config if it has some, else seeded "
+                        "random weights (a warning says so, and an exported bundle records it)")
 
 
 def add_read_arguments(parser: argparse.ArgumentParser) -> None:
