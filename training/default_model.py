@@ -41,7 +41,7 @@ from kmnrt.training.config import TrainConfig, preset
 MODEL = "small"          # model/config.py: widths 16/32/64, key 32, value 64, decoder 32 (415 k parameters)
 CROP = 160               # training crops of 160x160 ...
 SHORT_SIDE = 216         # ... out of frames resized to a short side of 216-281 (1.5-1.95x the 144 of the videos)
-PRETRAIN_ITERATIONS = 0  # 0: no pre-training stage (3000 + 12000 main scored lower held-out: the model card)
+PRETRAIN_ITERATIONS = 0  # 0: no pre-training stage (1000 or 3000 in front of main scored lower: the model card)
 MAIN_ITERATIONS = 15000  # one thread at about 5 iterations/s on this machine: 51 min
 PRETRAIN_LR = 1e-3
 PRETRAIN_WARMUP = 200    # without a warm-up, Adam's first step saturated seed 2's pre-training output for good
