@@ -77,10 +77,10 @@ def track_short_sides(train_short_side: int | None) -> tuple[int | None, ...]:
     return tuple(range(first, max(first, int(train_short_side * MAX_ZOOM)) + 1, 16))
 
 
-def with_losses(config: TrainConfig) -> TrainConfig:
-    """The recipe's loss and optimiser settings on top of a preset (the same for every stage)."""
+def with_losses(config: TrainConfig, warmup: int = 0) -> TrainConfig:
+    """The recipe's loss and optimiser settings on top of a preset (the same for every stage but the warm-up)."""
     optim = dataclasses.replace(config.optim, read_loss_weight=READ_LOSS, grad_clip=GRAD_CLIP,
-                                hard_pixel_fraction=HARD_PIXELS)
+                                hard_pixel_fraction=HARD_PIXELS, warmup=warmup)
     return dataclasses.replace(config, optim=optim)
 
 
@@ -121,10 +121,8 @@ def stage_configs(recipe: Recipe, out: Path, seed: int = SEEDS[0],
     if recipe.pretrain_iterations > 0:
         pretrain = preset(recipe.model, "pretrain", out / "pretrain", iterations=recipe.pretrain_iterations,
                           lr=PRETRAIN_LR, calibrated_init=True, **common)
-        pretrain = with_losses(pretrain)
-        pretrain = dataclasses.replace(pretrain, optim=dataclasses.replace(pretrain.optim, warmup=PRETRAIN_WARMUP),
-                                       hide_and_seek=dataclasses.replace(pretrain.hide_and_seek,
-                                                                         grid=recipe.crop // 16))
+        pretrain = dataclasses.replace(with_losses(pretrain, PRETRAIN_WARMUP), hide_and_seek=dataclasses.replace(
+            pretrain.hide_and_seek, grid=recipe.crop // 16))
     main = preset(recipe.model, "main", out / "main", iterations=recipe.main_iterations, lr=MAIN_LR,
                   data=videos or out / "videos-train", short_side=recipe.short_side,
                   init=out / "pretrain" / "model.safetensors" if pretrain is not None else None,
