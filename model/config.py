@@ -137,7 +137,9 @@ CONFIGS: dict[str, ModelConfig] = {
     ),
 }
 
-DEFAULT_CONFIG = "lite"
+# The config whose weights ship with the package (model/embedded.py), so `kmnrt track` and `kmnrt export` with
+# no --config track with a trained model instead of random weights.
+DEFAULT_CONFIG = "small"
 
 
 def get_config(name: str) -> ModelConfig:

@@ -1,8 +1,8 @@
 """Score trained weights the way a user would see them: the reference tracker over DAVIS sequences, then the
 official J&F (:mod:`kmnrt.evaluation`). Used to report the embedded weights (docs/default-model.md).
 
-    python -m kmnrt.training.scoring --config tiny --checkpoint model/weights/tiny_synthetic.safetensors \
-        --data ../shared/data/vos --out /tmp/scores
+    python -m kmnrt.training.scoring --data ../shared/data/vos --out /tmp/scores   # the embedded default model
+    python -m kmnrt.training.scoring --config small --checkpoint runs/main/model.safetensors --data ... --out ...
 """
 
 from __future__ import annotations
@@ -44,14 +44,14 @@ def track_and_score(model: KMN, data: str | os.PathLike[str], predictions: str |
 
 def main(argv: list[str] | None = None) -> int:
     from kmnrt.model.checkpoint import choose_read, choose_short_side, load_model
-    from kmnrt.model.cli import add_read_arguments, add_short_side_argument
+    from kmnrt.model.cli import add_read_arguments, add_short_side_argument, add_weights_arguments
     from kmnrt.model.config import get_config
+    from kmnrt.model.embedded import default_checkpoint
     from kmnrt.model.kmn import build_model
 
     parser = argparse.ArgumentParser(prog="python -m kmnrt.training.scoring", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="tiny", help="model config (default: tiny)")
-    parser.add_argument("--checkpoint", type=Path, help="weights (default: seeded random weights)")
+    add_weights_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
     add_read_arguments(parser)
     add_short_side_argument(parser)
@@ -59,10 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="DAVIS-style sequences with annotations")
     parser.add_argument("--out", type=Path, required=True, help="folder for the predicted masks")
     args = parser.parse_args(argv)
-    config, read = get_config(args.config), choose_read(args.read, args.sigma, args.checkpoint)
-    model = (load_model(config, args.checkpoint, read) if args.checkpoint is not None
-             else build_model(config, read, seed=args.seed))
-    tracker = TrackerConfig(mem_every=args.mem_every, short_side=choose_short_side(args.short_side, args.checkpoint))
+    config = get_config(args.config)
+    checkpoint = args.checkpoint or default_checkpoint(config.name)
+    read = choose_read(args.read, args.sigma, checkpoint)
+    if checkpoint is None:
+        print(f"warning: no checkpoint for config '{config.name}': scoring seeded random weights (seed {args.seed})",
+              file=sys.stderr)
+        model = build_model(config, read, seed=args.seed)
+    else:
+        model = load_model(config, checkpoint, read)
+    tracker = TrackerConfig(mem_every=args.mem_every, short_side=choose_short_side(args.short_side, checkpoint))
     result = track_and_score(model, args.data, args.out, tracker)
     print(result.format_table())
     result.write_json(args.out / "scores.json")

@@ -1,0 +1,23 @@
+"""`python -m kmnrt.training.scoring`: the reference tracker and the J&F of a checkpoint on DAVIS-style data."""
+
+from __future__ import annotations
+
+import json
+
+from kmnrt.training.scoring import main
+from kmnrt.training.videos import VideoConfig, write_video_dataset
+
+
+def test_scores_the_embedded_default_model_unless_told_otherwise(tmp_path, capsys):
+    data = write_video_dataset(tmp_path / "videos", videos=1, seed=12, config=VideoConfig(frames=8), progress=False)
+    assert main(["--data", str(data), "--out", str(tmp_path / "default")]) == 0
+    assert "random weights" not in capsys.readouterr().err
+    trained = json.loads((tmp_path / "default" / "scores.json").read_text())
+
+    assert main(["--config", "lite", "--data", str(data), "--out", str(tmp_path / "random")]) == 0
+    assert "scoring seeded random weights (seed 0)" in capsys.readouterr().err
+    untrained = json.loads((tmp_path / "random" / "scores.json").read_text())
+    assert (tmp_path / "default" / "synthetic-0000" / "00007.png").is_file()
+    # the embedded weights track the two objects (0.98 when written); seeded random weights do not (0.03)
+    assert trained["global"]["J&F-Mean"] > 0.9 and untrained["global"]["J&F-Mean"] < 0.2
+    assert trained["sequences"] == ["synthetic-0000"] and len(trained["per_object"]) == 2
