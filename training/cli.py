@@ -59,6 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="frames per training clip (default: 3, STM); each frame after the first is segmented "
                         "from the memory of the ones before it, predictions included, so longer clips train "
                         "recovery from the network's own drift")
+    parser.add_argument("--memory-forget", type=float, metavar="P",
+                        help="per object and per frame memorised from the network's own prediction, the chance "
+                        "that a random block of the object is moved to background in memory first, so the next "
+                        "frame must be segmented whole from a memory that lost part of it (default: 0)")
     parser.add_argument("--lr", type=float,
                         help="Adam learning rate (default: paper 1e-5, lite 1e-4, tiny 1e-3), poly-decayed")
     parser.add_argument("--constant-lr", action="store_true", help="no poly decay of the learning rate")
@@ -154,6 +158,7 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig (imported lazi
 
     config = preset(args.config, args.stage, args.out, iterations=args.iterations, batch=args.batch,
                     size=args.size, short_side=args.short_side, clip_frames=args.clip_frames, lr=args.lr,
+                    memory_forget=args.memory_forget,
                     seed=args.seed, data=args.data,
                     init=args.init, resume=args.resume, device=args.device, max_objects=args.max_objects,
                     checkpoint_every=args.checkpoint_every, workers=args.workers, threads=args.threads,

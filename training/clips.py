@@ -27,6 +27,7 @@ class Clip:
     frames: Tensor
     labels: Tensor
     num_objects: int
+    forget: Tensor | None = None  # [T, S, S] bool: object pixels moved to background when frame t is memorised
 
 
 def select_objects(rng: np.random.Generator, masks: list[np.ndarray], max_objects: int) -> list[np.ndarray] | None:
@@ -43,8 +44,10 @@ def select_objects(rng: np.random.Generator, masks: list[np.ndarray], max_object
 
 
 def finish_clip(rng: np.random.Generator, frames: list[np.ndarray], masks: list[np.ndarray], max_objects: int,
-                hide: HideAndSeekConfig | None = None, hide_probability: float = 0.0) -> Clip | None:
-    """Hide-and-Seek per frame (when ``hide`` is enabled), object selection, tensors. None: no object left."""
+                hide: HideAndSeekConfig | None = None, hide_probability: float = 0.0,
+                memory_forget: float = 0.0) -> Clip | None:
+    """Hide-and-Seek per frame (when ``hide`` is enabled), object selection, the blocks to forget in memory
+    (:func:`forget_blocks`, when ``memory_forget`` > 0), tensors. None: no object left."""
     if hide is not None and hide.enabled and hide_probability > 0:
         hidden = [hide_and_seek(rng, f, m, hide_probability, hide.grid) for f, m in zip(frames, masks)]
         frames, masks = [h[0] for h in hidden], [h[1] for h in hidden]
@@ -53,7 +56,27 @@ def finish_clip(rng: np.random.Generator, frames: list[np.ndarray], masks: list[
         return None
     images = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float().div_(255.0)
     labels = torch.from_numpy(np.stack(selected)).long()
-    return Clip(images.contiguous(), labels, int(labels[0].max()))
+    forget = torch.from_numpy(forget_blocks(rng, selected, memory_forget)) if memory_forget > 0 else None
+    return Clip(images.contiguous(), labels, int(labels[0].max()), forget)
+
+
+def forget_blocks(rng: np.random.Generator, labels: list[np.ndarray], probability: float) -> np.ndarray:
+    """[T, S, S] bool: in every frame the network memorises from its own prediction (all but the first and the
+    last), each object, with ``probability``, gets a random block of its bounding box (30-70 % of its width
+    and of its height) marked; the training step moves the predicted object probability there to background
+    before memorising. The next frame must then be segmented whole from a memory that lost part of the object,
+    as happens when tracking drifts (an object eroding over a few frames); the first frame stays intact."""
+    forget = np.zeros((len(labels), *labels[0].shape), bool)
+    for t in range(1, len(labels) - 1):
+        for object_id in np.unique(labels[t]):
+            if object_id == 0 or rng.random() >= probability:
+                continue
+            rows, cols = np.nonzero(labels[t] == object_id)
+            top, left, height, width = rows.min(), cols.min(), np.ptp(rows) + 1, np.ptp(cols) + 1
+            block_h, block_w = (max(1, round(side * rng.uniform(0.3, 0.7))) for side in (height, width))
+            y, x = top + rng.integers(0, height - block_h + 1), left + rng.integers(0, width - block_w + 1)
+            forget[t, y:y + block_h, x:x + block_w] |= labels[t][y:y + block_h, x:x + block_w] == object_id
+    return forget
 
 
 def static_clip(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, size: int,

@@ -98,6 +98,7 @@ class TrainConfig:
     size: int
     short_side: int | None = None  # main: frames resized to this short side (x a random zoom) before the crop
     clip_frames: int = 3  # frames per clip (STM: 3): the first is given, the others segmented in turn
+    memory_forget: float = 0.0  # per object and memorised prediction: chance a block of it is forgotten (clips.py)
     seed: int = 0
     data: Path | None = None
     init: Path | None = None
@@ -136,6 +137,8 @@ class TrainConfig:
         if self.clip_frames < 2:
             raise UserInputError(f"--clip-frames must be at least 2 (a given frame and one to segment), "
                                  f"got {self.clip_frames}")
+        if not 0 <= self.memory_forget <= 1:
+            raise UserInputError(f"--memory-forget must be a probability in [0, 1], got {self.memory_forget}")
         if self.short_side is not None and self.short_side < self.size:
             raise UserInputError(f"--short-side must be at least the crop size {self.size}, got {self.short_side}")
         if not self.optim.lr > 0:

@@ -123,7 +123,7 @@ class StaticClips(_IndexedClips):
                 raise UserInputError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} "
                                      f"is {image.shape[1]}x{image.shape[0]}; they must have the same size")
             frames, masks = static_clip(rng, image, mask, size, config.augment, config.clip_frames)
-        return finish_clip(rng, frames, masks, config.max_objects, hide, probability)
+        return finish_clip(rng, frames, masks, config.max_objects, hide, probability, config.memory_forget)
 
 
 class VideoClips(_IndexedClips):
@@ -158,4 +158,4 @@ class VideoClips(_IndexedClips):
                 raise UserInputError(f"mask {sequence.masks[i]} and frame {sequence.frames[i]} differ in size")
         frames, masks = random_resize_crop(rng, frames, masks, self.config.size, self.config.short_side)
         frames, masks = maybe_flip(rng, frames, masks)
-        return finish_clip(rng, frames, masks, self.config.max_objects)
+        return finish_clip(rng, frames, masks, self.config.max_objects, memory_forget=self.config.memory_forget)

@@ -70,8 +70,10 @@ def clip_loss(model: KMN, clip: Clip, device: torch.device, hard_fraction: float
     count = frames.shape[0]
     probs = [one_hot_probs(labels[0], object_ids, device)]
     keys, values, memory_keys, query_keys = [], [], [], []
+    forget = clip.forget.to(device) if clip.forget is not None else None
     for t in range(1, count):
-        key, value = model.encode_memory(frames[t - 1:t], probs[-1])
+        memorised = probs[-1] if forget is None or t == 1 else forget_in_memory(probs[-1], forget[t - 1])
+        key, value = model.encode_memory(frames[t - 1:t], memorised)
         keys.append(key)
         values.append(value)
         query = model.encode_query(frames[t:t + 1])
@@ -89,6 +91,12 @@ def clip_loss(model: KMN, clip: Clip, device: torch.device, hard_fraction: float
                                 query_keys[t - 1], pooled[t]) for t in range(1, count)]
         losses = [loss + read_loss_weight * read for loss, read in zip(losses, reads)]
     return losses
+
+
+def forget_in_memory(probs: Tensor, forget: Tensor) -> Tensor:
+    """probs [N+1, H, W] with the object probability at the ``forget`` pixels [H, W] moved to background."""
+    moved = probs[1:] * forget
+    return torch.cat([probs[:1] + moved.sum(0, keepdim=True), probs[1:] - moved])
 
 
 def _stacked(tensors: list[Tensor]) -> Tensor:

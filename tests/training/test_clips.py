@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from kmnrt.cli import main as kmnrt_main
 from kmnrt.errors import UserInputError
 from kmnrt.training.augment import random_resize_crop
 from kmnrt.training.clips import select_objects
@@ -232,3 +233,33 @@ def test_motion_clip_masks_move_with_their_shapes():
     for frame, labels in zip(frames, masks):
         _labels_match_colours(frame, labels)
     assert not np.array_equal(masks[0], masks[2])
+
+
+def test_forgotten_blocks_lie_inside_objects_of_memorised_predictions(video_tree, tmp_path):
+    """--memory-forget marks, per memorised prediction (not the given first frame, not the last frame), a block
+    of an object's own pixels; with 0 the clip is what it was, to the last label."""
+    config = preset("tiny", "main", tmp_path / "run", data=video_tree.root, size=64, batch=1, iterations=40,
+                    clip_frames=4)
+    sequences = find_video_sequences(video_tree.root, 4)
+    plain = VideoClips(config, sequences)
+    always = VideoClips(dataclasses.replace(config, memory_forget=1.0), sequences)
+    for index in range(8):
+        clip, forgetting = plain[index], always[index]
+        assert clip.forget is None and torch.equal(clip.labels, forgetting.labels)
+        forget = forgetting.forget
+        assert forget.shape == clip.labels.shape and forget.dtype == torch.bool
+        assert not forget[0].any() and not forget[-1].any()
+        for t in (1, 2):
+            assert (clip.labels[t][forget[t]] > 0).all()  # object pixels only
+            for object_id in torch.unique(clip.labels[t]).tolist():
+                if object_id:
+                    area = int((clip.labels[t] == object_id).sum())
+                    lost = int((forget[t] & (clip.labels[t] == object_id)).sum())
+                    assert 0 < lost < area  # part of every object, never all of it
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1.5"])
+def test_memory_forget_must_be_a_probability(tmp_path, capsys, value):
+    assert kmnrt_main(["train", "--iterations", "3", "--memory-forget", value, "--out", str(tmp_path / "run")]) != 0
+    error = capsys.readouterr().err
+    assert error.startswith("error: --memory-forget must be a probability in [0, 1]") and "Traceback" not in error

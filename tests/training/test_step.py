@@ -11,7 +11,7 @@ from kmnrt.model.kmn import build_model
 from kmnrt.model.memory_read import kmn_read, stm_read
 from kmnrt.training.clips import Clip
 from kmnrt.training.datasets import StaticClips
-from kmnrt.training.step import clip_loss, set_train_mode, train_step
+from kmnrt.training.step import clip_loss, forget_in_memory, set_train_mode, train_step
 
 CPU = torch.device("cpu")
 
@@ -107,3 +107,23 @@ def test_a_longer_clip_continues_the_three_frame_step(small_config, model, read_
     for long, short in zip(long_losses, short_losses):
         assert torch.equal(long, short)
     assert all(loss.item() > 0 for loss in long_losses)
+
+
+def test_forgetting_moves_object_probability_to_background_in_memory_only(small_config, model):
+    """The loss of the frame whose prediction is memorised is unchanged; the next frame reads a memory where the
+    forgotten pixels are background, so its loss changes; nothing forgotten changes nothing."""
+    probs = torch.softmax(torch.randn(3, 5, 6, generator=torch.Generator().manual_seed(0)), 0)
+    forget = torch.zeros(5, 6, dtype=torch.bool)
+    forget[1:4, 2:5] = True
+    moved = forget_in_memory(probs, forget)
+    assert torch.allclose(moved.sum(0), torch.ones(5, 6))
+    assert (moved[1:, forget] == 0).all() and torch.equal(moved[:, ~forget], probs[:, ~forget])
+
+    set_train_mode(model)
+    clip = StaticClips(small_config)[3]
+    objects = clip.labels > 0
+    nothing = Clip(clip.frames, clip.labels, clip.num_objects, torch.zeros_like(objects))
+    everything = Clip(clip.frames, clip.labels, clip.num_objects, objects & (torch.arange(3) == 1)[:, None, None])
+    plain, unchanged, forgetting = (clip_loss(model, c, CPU) for c in (clip, nothing, everything))
+    assert torch.equal(plain[0], unchanged[0]) and torch.equal(plain[1], unchanged[1])
+    assert torch.equal(plain[0], forgetting[0]) and not torch.allclose(plain[1], forgetting[1])
