@@ -44,7 +44,7 @@ def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path,
                         help="weights: STM's STM_weights.pth (with --config paper) or a kmnrt .safetensors "
                         "checkpoint; default: the embedded weights of the config if it has some, else seeded "
-                        "random weights (a warning says so, and an exported bundle records it)")
+                        "random weights (a warning says so; an exported bundle also records it in its manifest)")
 
 
 def add_read_arguments(parser: argparse.ArgumentParser) -> None:
