@@ -49,6 +49,7 @@ MAIN_LR = 1e-3
 READ_LOSS = 1.0          # weight of the auxiliary attention loss (kmnrt.training.step.read_mask_loss)
 GRAD_CLIP = 1.0          # global gradient norm; without it a run from random weights can blow up in its first steps
 HARD_PIXELS = 0.25       # bootstrapped cross-entropy over the hardest quarter of the pixels (small objects, edges)
+MEMORY_FORGET = 0.0      # chance a block of an object is forgotten in the memorised prediction (docs/training.md)
 BATCH = 4
 # Seeds trained side by side, one process and one thread each on this machine's two cores; validation keeps
 # one. Four seeds of the recipe spanned 0.74-0.83 J&F on validation and 0.68-0.82 held-out: more than any recipe
@@ -93,6 +94,7 @@ class Recipe:
     short_side: int | None = SHORT_SIDE  # None: train at the crop's scale and track frames at their own size
     main_iterations: int = MAIN_ITERATIONS
     pretrain_iterations: int = PRETRAIN_ITERATIONS
+    memory_forget: float = MEMORY_FORGET
     threads: int | None = 1
     device: str = "cpu"
 
@@ -126,7 +128,7 @@ def stage_configs(recipe: Recipe, out: Path, seed: int = SEEDS[0],
     main = preset(recipe.model, "main", out / "main", iterations=recipe.main_iterations, lr=MAIN_LR,
                   data=videos or out / "videos-train", short_side=recipe.short_side,
                   init=out / "pretrain" / "model.safetensors" if pretrain is not None else None,
-                  calibrated_init=pretrain is None, **common)
+                  calibrated_init=pretrain is None, memory_forget=recipe.memory_forget, **common)
     return pretrain, with_losses(main)
 
 
@@ -263,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"main-training iterations (default: {MAIN_ITERATIONS})")
     parser.add_argument("--pretrain-iterations", type=int, default=PRETRAIN_ITERATIONS,
                         help=f"pre-training iterations, 0 = no pre-training (default: {PRETRAIN_ITERATIONS})")
+    parser.add_argument("--memory-forget", type=float, default=MEMORY_FORGET, metavar="P",
+                        help=f"main training: the chance that a block of an object is forgotten in the memorised "
+                        f"prediction (kmnrt train --memory-forget; default: {MEMORY_FORGET:g})")
     parser.add_argument("--videos", type=Path, help="use this folder's videos-train/, videos-validation/ and "
                         "videos-heldout/ instead of generating them under --out")
     args = parser.parse_args(argv)
@@ -275,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.install is not None:
         check_install_target(args.install, args.config)  # before the hour of training, not after
     recipe = Recipe(args.config, args.size, args.short_side or None, args.iterations, args.pretrain_iterations,
-                    args.threads, args.device)
+                    args.memory_forget, args.threads, args.device)
     started = time.perf_counter()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
