@@ -76,6 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--read-loss", type=float, default=0.0,
                         help="weight of an auxiliary loss on the memory read's attention (it must carry the "
                         "memory masks, pooled to the key grid, onto the query frame's); default 0 (paper)")
+    parser.add_argument("--dice-loss", type=float, default=0.0,
+                        help="weight of a soft Dice loss per object added to the cross-entropy (as XMem; every "
+                        "object counts the same whatever its size); default 0 (paper)")
     parser.add_argument("--max-objects", type=int, help="objects per clip at most (default: 3)")
     parser.add_argument("--motion-fraction", type=float,
                         help="pretrain on synthetic data: share of clips whose shapes move on their own instead "
@@ -137,6 +140,9 @@ def register_generate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--frames", type=int, default=24, help="frames per video (default: 24)")
     parser.add_argument("--height", type=int, default=144, help="frame height in pixels (default: 144)")
     parser.add_argument("--width", type=int, default=256, help="frame width in pixels (default: 256)")
+    parser.add_argument("--dice-loss", type=float, default=0.0,
+                        help="weight of a soft Dice loss per object added to the cross-entropy (as XMem; every "
+                        "object counts the same whatever its size); default 0 (paper)")
     parser.add_argument("--max-objects", type=int, default=3, help="labelled objects per video, at most (default: 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the whole tree (default: 0)")
     parser.set_defaults(handler=run_generate)
@@ -167,7 +173,8 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig (imported lazi
                     calibrated_init=args.calibrated_init)
     optim = dataclasses.replace(config.optim, poly_power=None if args.constant_lr else config.optim.poly_power,
                                 grad_clip=args.grad_clip, hard_pixel_fraction=args.hard_pixels,
-                                read_loss_weight=args.read_loss, warmup=args.warmup)
+                                read_loss_weight=args.read_loss, dice_loss_weight=args.dice_loss,
+                                warmup=args.warmup)
     hide = dataclasses.replace(config.hide_and_seek, enabled=not args.no_hide_and_seek,
                                grid=config.hide_and_seek.grid if args.hide_grid is None else args.hide_grid)
     synthetic = config.synthetic

@@ -73,6 +73,7 @@ class OptimConfig:
     grad_clip: float | None = None  # max global gradient norm; None = no clipping
     hard_pixel_fraction: float = 1.0  # < 1: bootstrapped cross-entropy over the hardest pixels (STCN); 1 = paper
     read_loss_weight: float = 0.0  # > 0: auxiliary loss on the attention reading the pooled masks (step.py)
+    dice_loss_weight: float = 0.0  # > 0: soft Dice loss per object added to the cross-entropy (step.py)
     warmup: int = 0  # iterations of linear lr ramp-up from lr/warmup (training/loop.py: learning_rate)
 
 
@@ -147,6 +148,8 @@ class TrainConfig:
             raise UserInputError(f"--warmup must be 0 or more iterations, got {self.optim.warmup}")
         if not self.optim.read_loss_weight >= 0:
             raise UserInputError(f"--read-loss must be 0 or more, got {self.optim.read_loss_weight}")
+        if not self.optim.dice_loss_weight >= 0:
+            raise UserInputError(f"--dice-loss must be 0 or more, got {self.optim.dice_loss_weight}")
         if not 0 < self.optim.hard_pixel_fraction <= 1:
             raise UserInputError(f"--hard-pixels must be in (0, 1], got {self.optim.hard_pixel_fraction}")
         if self.average.start is not None and not 1 <= self.average.start <= self.iterations:

@@ -232,7 +232,8 @@ def train(config: TrainConfig, progress: bool = True, bar_position: int | None =
         for group in optimizer.param_groups:
             group["lr"] = lr
         losses.append(train_step(model, optimizer, clips, device, config.optim.grad_clip, scaler,
-                                 config.optim.hard_pixel_fraction, tied, config.optim.read_loss_weight))
+                                 config.optim.hard_pixel_fraction, tied, config.optim.read_loss_weight,
+                                 config.optim.dice_loss_weight))
         recent = losses[-50:]
         bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{lr:.2e}", refresh=False)
         bar.update(1)

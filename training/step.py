@@ -46,6 +46,16 @@ def aggregated_nll(probs: Tensor, labels: Tensor, hard_fraction: float = 1.0) ->
     return per_pixel.flatten().topk(count).values.mean()
 
 
+def dice_loss(probs: Tensor, labels: Tensor) -> Tensor:
+    """probs [N+1, H, W] (soft-aggregated, background first), labels [H, W] ids 0..N -> mean over the N objects
+    of 1 - soft Dice (as XMem adds to its cross-entropy): every object weighs the same whatever its size, and a
+    mask that keeps only part of its object costs in proportion to the part lost."""
+    objects = probs[1:].float().flatten(1)
+    targets = torch.stack([(labels == i).float() for i in range(1, probs.shape[0])]).flatten(1)
+    dice = (2 * (objects * targets).sum(1) + 1) / (objects.sum(1) + targets.sum(1) + 1)
+    return (1 - dice).mean()
+
+
 def read_mask_loss(memory_key: Tensor, memory_masks: Tensor, query_key: Tensor, target: Tensor) -> Tensor:
     """Auxiliary loss on the memory read's attention alone: read the memory frames' object masks, average-pooled
     to the key grid ([T, N, 1, h, w]: the fraction of each cell an object covers), with the attention of
@@ -59,9 +69,9 @@ def read_mask_loss(memory_key: Tensor, memory_masks: Tensor, query_key: Tensor, 
 
 
 def clip_loss(model: KMN, clip: Clip, device: torch.device, hard_fraction: float = 1.0,
-              read_loss_weight: float = 0.0) -> list[Tensor]:
+              read_loss_weight: float = 0.0, dice_weight: float = 0.0) -> list[Tensor]:
     """Forward one clip -> the loss of every frame after the first, each plus ``read_loss_weight`` times
-    :func:`read_mask_loss` of that frame when it is positive. Frame t reads the memory of frames 0..t-1: the
+    :func:`read_mask_loss` and ``dice_weight`` times :func:`dice_loss` of that frame when they are positive. Frame t reads the memory of frames 0..t-1: the
     first with its ground truth, the others with their predictions, so a longer clip trains the network on
     its own errors carried forward."""
     frames = clip.frames.to(device)
@@ -81,6 +91,8 @@ def clip_loss(model: KMN, clip: Clip, device: torch.device, hard_fraction: float
         query_keys.append(query.key)
         probs.append(model.decode(model.read_memory(memory_keys[-1], _stacked(values), query.key), query))
     losses = [aggregated_nll(probs[t], labels[t], hard_fraction) for t in range(1, count)]
+    if dice_weight > 0:
+        losses = [loss + dice_weight * dice_loss(probs[t], labels[t]) for t, loss in enumerate(losses, start=1)]
     if read_loss_weight > 0:
         pooled = [F.avg_pool2d(torch.stack([(labels[t] == i).float() for i in object_ids])[:, None], STRIDE)
                   for t in range(count)]  # [N, 1, h, w] per frame
@@ -107,7 +119,8 @@ def _stacked(tensors: list[Tensor]) -> Tensor:
 def train_step(model: KMN, optimizer: torch.optim.Optimizer, clips: list[Clip], device: torch.device,
                grad_clip: float | None = None, scaler: torch.amp.GradScaler | None = None,
                hard_fraction: float = 1.0,
-               tied: list[tuple[nn.Parameter, nn.Parameter]] | None = None, read_loss_weight: float = 0.0) -> float:
+               tied: list[tuple[nn.Parameter, nn.Parameter]] | None = None, read_loss_weight: float = 0.0,
+               dice_weight: float = 0.0) -> float:
     """Forward/backward every clip (gradients accumulated, each clip weighted 1/len(clips)), then one optimizer
     step. With a ``scaler`` (CUDA mixed precision) the forward runs under fp16 autocast and the loss is scaled;
     the loss itself is computed in fp32. ``tied`` parameter pairs (equal at the start) get the sum of their two
@@ -116,7 +129,7 @@ def train_step(model: KMN, optimizer: torch.optim.Optimizer, clips: list[Clip], 
     total = 0.0
     for clip in clips:
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=scaler is not None):
-            frame_losses = clip_loss(model, clip, device, hard_fraction, read_loss_weight)
+            frame_losses = clip_loss(model, clip, device, hard_fraction, read_loss_weight, dice_weight)
         loss = sum(frame_loss.float() for frame_loss in frame_losses) / (len(frame_losses) * len(clips))
         (scaler.scale(loss) if scaler is not None else loss).backward()
         total += float(loss.detach())

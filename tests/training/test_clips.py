@@ -258,8 +258,12 @@ def test_forgotten_blocks_lie_inside_objects_of_memorised_predictions(video_tree
                     assert 0 < lost < area  # part of every object, never all of it
 
 
-@pytest.mark.parametrize("value", ["-0.1", "1.5"])
-def test_memory_forget_must_be_a_probability(tmp_path, capsys, value):
-    assert kmnrt_main(["train", "--iterations", "3", "--memory-forget", value, "--out", str(tmp_path / "run")]) != 0
+@pytest.mark.parametrize("option, value, message", [
+    ("--memory-forget", "-0.1", "--memory-forget must be a probability in [0, 1]"),
+    ("--memory-forget", "1.5", "--memory-forget must be a probability in [0, 1]"),
+    ("--dice-loss", "-1", "--dice-loss must be 0 or more"),
+])
+def test_bad_loss_and_memory_options_are_one_line_errors(tmp_path, capsys, option, value, message):
+    assert kmnrt_main(["train", "--iterations", "3", option, value, "--out", str(tmp_path / "run")]) != 0
     error = capsys.readouterr().err
-    assert error.startswith("error: --memory-forget must be a probability in [0, 1]") and "Traceback" not in error
+    assert error.startswith(f"error: {message}") and "Traceback" not in error

@@ -86,6 +86,33 @@ def test_bootstrapped_loss_averages_the_hardest_pixels():
         per_pixel[:2].mean().item(), rel=1e-5)
 
 
+def test_dice_loss_weighs_every_object_alike_and_charges_the_part_lost():
+    from kmnrt.training.step import dice_loss
+
+    labels = torch.zeros(8, 8, dtype=torch.long)
+    labels[1:7, 1:7], labels[7, 7] = 1, 2  # a 36-pixel object and a 1-pixel one
+    perfect = torch.nn.functional.one_hot(labels, 3).permute(2, 0, 1).float()
+    assert dice_loss(perfect, labels).item() == pytest.approx(0.0, abs=1e-6)
+    missed_small = perfect.clone()
+    missed_small[[0, 2], 7, 7] = torch.tensor([1.0, 0.0])  # one pixel of 64 wrong: half of the Dice loss
+    assert dice_loss(missed_small, labels).item() == pytest.approx((1 - 1 / 2) / 2)
+    half_big = perfect.clone()
+    half_big[[0, 1], 1:7, 1:4] = torch.tensor([1.0, 0.0])[:, None, None]  # half the large object dropped
+    assert dice_loss(half_big, labels).item() == pytest.approx((1 - (2 * 18 + 1) / (18 + 36 + 1)) / 2)
+
+
+def test_dice_weight_adds_the_dice_loss_of_each_frame(small_config, model):
+    """From a barely trained network the masks are far from the objects: each frame's loss grows by up to half
+    (the weight times a Dice loss of at most 1)."""
+    set_train_mode(model)
+    clip = StaticClips(small_config)[1]
+    plain = clip_loss(model, clip, CPU)
+    with_dice = clip_loss(model, clip, CPU, dice_weight=0.5)
+    assert len(plain) == len(with_dice) == 2
+    for plain_loss, dice_added in zip(plain, with_dice):
+        assert 0 < (dice_added - plain_loss).item() <= 0.5
+
+
 def test_a_few_steps_on_a_fixed_batch_lower_the_loss(small_config, model):
     clips = [StaticClips(small_config)[i] for i in range(2)]
     set_train_mode(model)
