@@ -140,9 +140,6 @@ def register_generate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--frames", type=int, default=24, help="frames per video (default: 24)")
     parser.add_argument("--height", type=int, default=144, help="frame height in pixels (default: 144)")
     parser.add_argument("--width", type=int, default=256, help="frame width in pixels (default: 256)")
-    parser.add_argument("--dice-loss", type=float, default=0.0,
-                        help="weight of a soft Dice loss per object added to the cross-entropy (as XMem; every "
-                        "object counts the same whatever its size); default 0 (paper)")
     parser.add_argument("--max-objects", type=int, default=3, help="labelled objects per video, at most (default: 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the whole tree (default: 0)")
     parser.set_defaults(handler=run_generate)

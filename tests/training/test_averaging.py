@@ -104,7 +104,8 @@ def test_cli_prints_both_weights_files(tmp_path, capsys):
     assert capsys.readouterr().out.split() == [str(out / "model.safetensors"), str(out / "model_averaged.safetensors")]
 
 
-def test_generate_data_has_no_averaging_options(capsys):
+def test_generate_data_has_no_training_options(capsys):
     with pytest.raises(SystemExit):
         kmnrt_main(["generate-data", "--help"])
-    assert "--average" not in capsys.readouterr().out
+    help_text = capsys.readouterr().out
+    assert "--average" not in help_text and "--dice-loss" not in help_text and "--memory-forget" not in help_text
