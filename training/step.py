@@ -51,7 +51,7 @@ def dice_loss(probs: Tensor, labels: Tensor) -> Tensor:
     of 1 - soft Dice (as XMem adds to its cross-entropy): every object weighs the same whatever its size, and a
     mask that keeps only part of its object costs in proportion to the part lost."""
     objects = probs[1:].float().flatten(1)
-    targets = torch.stack([(labels == i).float() for i in range(1, probs.shape[0])]).flatten(1)
+    targets = one_hot_probs(labels, list(range(1, probs.shape[0])), labels.device)[1:].flatten(1)
     dice = (2 * (objects * targets).sum(1) + 1) / (objects.sum(1) + targets.sum(1) + 1)
     return (1 - dice).mean()
 
@@ -71,9 +71,10 @@ def read_mask_loss(memory_key: Tensor, memory_masks: Tensor, query_key: Tensor, 
 def clip_loss(model: KMN, clip: Clip, device: torch.device, hard_fraction: float = 1.0,
               read_loss_weight: float = 0.0, dice_weight: float = 0.0) -> list[Tensor]:
     """Forward one clip -> the loss of every frame after the first, each plus ``read_loss_weight`` times
-    :func:`read_mask_loss` and ``dice_weight`` times :func:`dice_loss` of that frame when they are positive. Frame t reads the memory of frames 0..t-1: the
-    first with its ground truth, the others with their predictions, so a longer clip trains the network on
-    its own errors carried forward."""
+    :func:`read_mask_loss` and ``dice_weight`` times :func:`dice_loss` of that frame when they are positive.
+    Frame t reads the memory of frames 0..t-1: the first with its ground truth, the others with their
+    predictions, so a longer clip trains the network on its own errors carried forward. A ``clip.forget``
+    block moves a prediction's object probability to background where it is memorised (``--memory-forget``)."""
     frames = clip.frames.to(device)
     labels = clip.labels.to(device)
     object_ids = list(range(1, clip.num_objects + 1))

@@ -99,7 +99,8 @@ def test_recipe_main_stage_is_the_documented_kmnrt_train_command(tmp_path):
         ["train", "--config", MODEL, "--stage", "main", "--size", str(CROP), "--short-side", str(SHORT_SIDE),
          "--batch", "4", "--iterations",
          str(MAIN_ITERATIONS), "--lr", "1e-3", "--grad-clip", "1", "--tied-training", "--calibrated-init",
-         "--read-loss", "1", "--hard-pixels", "0.25", "--memory-forget", str(MEMORY_FORGET), "--data", str(tmp_path / "videos-train"), "--threads", "1",
+         "--read-loss", "1", "--hard-pixels", "0.25", "--memory-forget", str(MEMORY_FORGET),
+         "--data", str(tmp_path / "videos-train"), "--threads", "1",
          "--checkpoint-every", "100", "--log-every", "25", "--seed", "2", "--out", str(tmp_path / "main")])
     assert 2 in SEEDS
     _, main = stage_configs(Recipe(), tmp_path, seed=2)
