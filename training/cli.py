@@ -87,9 +87,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--hide-grid", type=int,
                         help="Hide-and-Seek grid (cells per side; default 24, one stride-16 feature cell per cell "
                         "at 384x384; use size/16 to keep that at other crop sizes)")
+    parser.add_argument("--max-skip", type=int,
+                        help="main: where the max_skip curriculum ends (default 25, STM's; gaps between a clip's "
+                        "frames are uniform in [0, max_skip])")
     parser.add_argument("--skip-every", type=int,
-                        help="main: grow max_skip by 5 every this many iterations (default: spread 0 -> 25 evenly "
-                        "over the stage)")
+                        help="main: grow max_skip by 5 every this many iterations (default: spread 0 -> --max-skip "
+                        "evenly over the stage)")
     parser.add_argument("--train-batchnorm", action="store_true",
                         help="update BatchNorm statistics during training (default: frozen, as STM)")
     parser.add_argument("--tied-init", action="store_true",
@@ -184,6 +187,10 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig (imported lazi
         if args.skip_every < 1:
             raise UserInputError(f"--skip-every must be at least 1, got {args.skip_every}")
         skip = dataclasses.replace(skip, every_iterations=args.skip_every)
+    if args.max_skip is not None:
+        if args.max_skip < skip.start:
+            raise UserInputError(f"--max-skip must be at least {skip.start}, got {args.max_skip}")
+        skip = dataclasses.replace(skip, end=args.max_skip)
     if args.data is not None and not args.data.is_dir():
         raise UserInputError(f"--data {args.data} is not a folder")
     if args.init is not None and args.resume is not None:

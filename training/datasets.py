@@ -69,8 +69,9 @@ def find_video_sequences(root: str | os.PathLike[str], clip_frames: int = CLIP_L
 
 
 def max_skip_at(iteration: int, skip: SkipCurriculum, iterations: int) -> int:
-    """The curriculum: ``start`` + ``step`` per ``every_iterations``, capped at ``end``."""
-    levels = max(1, (skip.end - skip.start) // max(skip.step, 1) + 1)
+    """The curriculum: ``start`` + ``step`` per ``every_iterations``, capped at ``end`` (a last, shorter step
+    reaches an ``end`` that is not a multiple of ``step``)."""
+    levels = max(1, -(-(skip.end - skip.start) // max(skip.step, 1)) + 1)
     every = skip.every_iterations or max(1, iterations // levels)
     return min(skip.end, skip.start + skip.step * (iteration // every))
 

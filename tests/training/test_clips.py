@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from kmnrt.cli import build_parser
 from kmnrt.cli import main as kmnrt_main
 from kmnrt.errors import UserInputError
 from kmnrt.training.augment import random_resize_crop
+from kmnrt.training.cli import config_from_args
 from kmnrt.training.clips import select_objects
 from kmnrt.training.config import SkipCurriculum, SyntheticConfig, preset
 from kmnrt.training.datasets import (
@@ -91,6 +93,19 @@ def test_max_skip_curriculum_grows_by_five_to_twenty_five():
     skip = SkipCurriculum(every_iterations=10)
     assert [max_skip_at(i, skip, 1000) for i in (0, 9, 10, 25, 49, 50, 500)] == [0, 0, 5, 10, 20, 25, 25]
     assert max_skip_at(0, SkipCurriculum(), 600) == 0 and max_skip_at(599, SkipCurriculum(), 600) == 25
+
+
+def test_max_skip_option_ends_the_curriculum_early_even_off_the_step(tmp_path):
+    """--max-skip 10: levels 0, 5, 10 over thirds of the stage; an end that is not a multiple of 5 is still
+    reached (0, 5, 7), and --max-skip 0 trains on consecutive frames throughout."""
+    def levels(max_skip: str) -> list[int]:
+        args = ["train", "--iterations", "900", "--max-skip", max_skip, "--out", str(tmp_path)]
+        config = config_from_args(build_parser().parse_args(args))
+        return [max_skip_at(i, config.skip, config.iterations) for i in (0, 299, 300, 599, 600, 899)]
+
+    assert levels("10") == [0, 0, 5, 5, 10, 10]
+    assert levels("7") == [0, 0, 5, 5, 7, 7]
+    assert levels("0") == [0] * 6
 
 
 def test_video_clips_are_ordered_within_max_skip(video_tree, tmp_path):
@@ -262,6 +277,7 @@ def test_forgotten_blocks_lie_inside_objects_of_memorised_predictions(video_tree
     ("--memory-forget", "-0.1", "--memory-forget must be a probability in [0, 1]"),
     ("--memory-forget", "1.5", "--memory-forget must be a probability in [0, 1]"),
     ("--dice-loss", "-1", "--dice-loss must be 0 or more"),
+    ("--max-skip", "-1", "--max-skip must be at least 0"),
 ])
 def test_bad_loss_and_memory_options_are_one_line_errors(tmp_path, capsys, option, value, message):
     assert kmnrt_main(["train", "--iterations", "3", option, value, "--out", str(tmp_path / "run")]) != 0
