@@ -231,9 +231,7 @@ def train(config: TrainConfig, progress: bool = True, bar_position: int | None =
         lr = learning_rate(config, iteration)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        losses.append(train_step(model, optimizer, clips, device, config.optim.grad_clip, scaler,
-                                 config.optim.hard_pixel_fraction, tied, config.optim.read_loss_weight,
-                                 config.optim.dice_loss_weight))
+        losses.append(train_step(model, optimizer, clips, device, config.optim, scaler, tied))
         recent = losses[-50:]
         bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{lr:.2e}", refresh=False)
         bar.update(1)

@@ -22,6 +22,7 @@ from kmnrt.framing import STRIDE, one_hot_probs
 from kmnrt.model.kmn import KMN
 from kmnrt.model.memory_read import stm_read
 from kmnrt.training.clips import Clip
+from kmnrt.training.config import OptimConfig
 
 LOG_FLOOR = 1e-8  # soft aggregation already clamps to 1e-7; the floor only guards log(0) under fp16
 
@@ -68,10 +69,10 @@ def read_mask_loss(memory_key: Tensor, memory_masks: Tensor, query_key: Tensor, 
     return F.binary_cross_entropy(read.float().clamp(1e-6, 1 - 1e-6), target.float())
 
 
-def clip_loss(model: KMN, clip: Clip, device: torch.device, hard_fraction: float = 1.0,
-              read_loss_weight: float = 0.0, dice_weight: float = 0.0) -> list[Tensor]:
-    """Forward one clip -> the loss of every frame after the first, each plus ``read_loss_weight`` times
-    :func:`read_mask_loss` and ``dice_weight`` times :func:`dice_loss` of that frame when they are positive.
+def clip_loss(model: KMN, clip: Clip, device: torch.device, optim: OptimConfig = OptimConfig()) -> list[Tensor]:
+    """Forward one clip -> the loss of every frame after the first: the cross-entropy over ``optim``'s
+    ``hard_pixel_fraction`` of the pixels, plus ``read_loss_weight`` times :func:`read_mask_loss` and
+    ``dice_loss_weight`` times :func:`dice_loss` of that frame when they are positive.
     Frame t reads the memory of frames 0..t-1: the first with its ground truth, the others with their
     predictions, so a longer clip trains the network on its own errors carried forward. A ``clip.forget``
     block moves a prediction's object probability to background where it is memorised (``--memory-forget``)."""
@@ -91,10 +92,11 @@ def clip_loss(model: KMN, clip: Clip, device: torch.device, hard_fraction: float
         memory_keys.append(_stacked(keys))
         query_keys.append(query.key)
         probs.append(model.decode(model.read_memory(memory_keys[-1], _stacked(values), query.key), query))
-    losses = [aggregated_nll(probs[t], labels[t], hard_fraction) for t in range(1, count)]
-    if dice_weight > 0:
-        losses = [loss + dice_weight * dice_loss(probs[t], labels[t]) for t, loss in enumerate(losses, start=1)]
-    if read_loss_weight > 0:
+    losses = [aggregated_nll(probs[t], labels[t], optim.hard_pixel_fraction) for t in range(1, count)]
+    if optim.dice_loss_weight > 0:
+        losses = [loss + optim.dice_loss_weight * dice_loss(probs[t], labels[t])
+                  for t, loss in enumerate(losses, start=1)]
+    if optim.read_loss_weight > 0:
         pooled = [F.avg_pool2d(torch.stack([(labels[t] == i).float() for i in object_ids])[:, None], STRIDE)
                   for t in range(count)]  # [N, 1, h, w] per frame
         # The attention loss reads frame 0 alone through a fresh view and longer memories through the read's own
@@ -102,7 +104,7 @@ def clip_loss(model: KMN, clip: Clip, device: torch.device, hard_fraction: float
         # order and the shipped weights still reproduce to the last bit.
         reads = [read_mask_loss(keys[0][None] if t == 1 else memory_keys[t - 1], torch.stack(pooled[:t]),
                                 query_keys[t - 1], pooled[t]) for t in range(1, count)]
-        losses = [loss + read_loss_weight * read for loss, read in zip(losses, reads)]
+        losses = [loss + optim.read_loss_weight * read for loss, read in zip(losses, reads)]
     return losses
 
 
@@ -118,19 +120,18 @@ def _stacked(tensors: list[Tensor]) -> Tensor:
 
 
 def train_step(model: KMN, optimizer: torch.optim.Optimizer, clips: list[Clip], device: torch.device,
-               grad_clip: float | None = None, scaler: torch.amp.GradScaler | None = None,
-               hard_fraction: float = 1.0,
-               tied: list[tuple[nn.Parameter, nn.Parameter]] | None = None, read_loss_weight: float = 0.0,
-               dice_weight: float = 0.0) -> float:
+               optim: OptimConfig = OptimConfig(), scaler: torch.amp.GradScaler | None = None,
+               tied: list[tuple[nn.Parameter, nn.Parameter]] | None = None) -> float:
     """Forward/backward every clip (gradients accumulated, each clip weighted 1/len(clips)), then one optimizer
-    step. With a ``scaler`` (CUDA mixed precision) the forward runs under fp16 autocast and the loss is scaled;
+    step, the gradient norm clipped to ``optim.grad_clip`` when set (the losses as :func:`clip_loss`; the
+    learning rate is the optimizer's own). With a ``scaler`` (CUDA mixed precision) the forward runs under fp16 autocast and the loss is scaled;
     the loss itself is computed in fp32. ``tied`` parameter pairs (equal at the start) get the sum of their two
     gradients, so they stay equal: one set of weights used in two places. Returns the batch's mean loss."""
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
     for clip in clips:
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=scaler is not None):
-            frame_losses = clip_loss(model, clip, device, hard_fraction, read_loss_weight, dice_weight)
+            frame_losses = clip_loss(model, clip, device, optim)
         loss = sum(frame_loss.float() for frame_loss in frame_losses) / (len(frame_losses) * len(clips))
         (scaler.scale(loss) if scaler is not None else loss).backward()
         total += float(loss.detach())
@@ -140,8 +141,8 @@ def train_step(model: KMN, optimizer: torch.optim.Optimizer, clips: list[Clip], 
             first.grad, second.grad = total_grad, total_grad.clone()
     if scaler is not None:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-    if grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if optim.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()

@@ -12,6 +12,7 @@ import torch
 from kmnrt.model.config import get_config
 from kmnrt.model.decoder import soft_aggregate
 from kmnrt.model.kmn import build_model
+from kmnrt.training.config import OptimConfig
 from kmnrt.training.datasets import StaticClips
 from kmnrt.training.loop import calibrate_init, shared_parameters, tie_memory_to_query
 from kmnrt.training.step import clip_loss, read_mask_loss, set_train_mode, train_step
@@ -41,7 +42,7 @@ def test_tied_training_keeps_the_memory_trunk_and_key_head_equal_to_the_query_si
     clips = [StaticClips(small_config)[i] for i in range(2)]
     before = model.query_kv.key.weight.detach().clone()
     for _ in range(2):
-        train_step(model, optimizer, clips, CPU, grad_clip=1.0, tied=pairs, read_loss_weight=1.0)
+        train_step(model, optimizer, clips, CPU, OptimConfig(grad_clip=1.0, read_loss_weight=1.0), tied=pairs)
     assert not torch.equal(model.query_kv.key.weight, before)  # they learn ...
     assert all(torch.equal(q, m) for q, m in pairs)  # ... and stay one set of weights
 
@@ -79,7 +80,7 @@ def test_read_loss_adds_a_gradient_path_to_the_keys(small_config):
     set_train_mode(model)
     clip = StaticClips(small_config)[1]
     plain = clip_loss(model, clip, CPU)
-    with_read = clip_loss(model, clip, CPU, read_loss_weight=1.0)
+    with_read = clip_loss(model, clip, CPU, OptimConfig(read_loss_weight=1.0))
     assert with_read[0].item() > plain[0].item() and with_read[1].item() > plain[1].item()
     (with_read[0] + with_read[1]).backward()
     assert model.memory_kv.key.weight.grad.abs().sum() > 0 and model.query_kv.key.weight.grad.abs().sum() > 0

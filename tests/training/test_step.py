@@ -10,6 +10,7 @@ from kmnrt.model.config import get_config
 from kmnrt.model.kmn import build_model
 from kmnrt.model.memory_read import kmn_read, stm_read
 from kmnrt.training.clips import Clip
+from kmnrt.training.config import OptimConfig
 from kmnrt.training.datasets import StaticClips
 from kmnrt.training.step import clip_loss, forget_in_memory, set_train_mode, train_step
 
@@ -107,7 +108,7 @@ def test_dice_weight_adds_the_dice_loss_of_each_frame(small_config, model):
     set_train_mode(model)
     clip = StaticClips(small_config)[1]
     plain = clip_loss(model, clip, CPU)
-    with_dice = clip_loss(model, clip, CPU, dice_weight=0.5)
+    with_dice = clip_loss(model, clip, CPU, OptimConfig(dice_loss_weight=0.5))
     assert len(plain) == len(with_dice) == 2
     for plain_loss, dice_added in zip(plain, with_dice):
         assert 0 < (dice_added - plain_loss).item() <= 0.5
@@ -128,8 +129,8 @@ def test_a_longer_clip_continues_the_three_frame_step(small_config, model, read_
     set_train_mode(model)
     long_clip = StaticClips(dataclasses.replace(small_config, clip_frames=5))[3]
     short_clip = Clip(long_clip.frames[:3], long_clip.labels[:3], long_clip.num_objects)
-    long_losses = clip_loss(model, long_clip, CPU, read_loss_weight=read_loss_weight)
-    short_losses = clip_loss(model, short_clip, CPU, read_loss_weight=read_loss_weight)
+    long_losses = clip_loss(model, long_clip, CPU, OptimConfig(read_loss_weight=read_loss_weight))
+    short_losses = clip_loss(model, short_clip, CPU, OptimConfig(read_loss_weight=read_loss_weight))
     assert len(long_losses) == 4 and len(short_losses) == 2
     for long, short in zip(long_losses, short_losses):
         assert torch.equal(long, short)
