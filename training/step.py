@@ -124,9 +124,10 @@ def train_step(model: KMN, optimizer: torch.optim.Optimizer, clips: list[Clip], 
                tied: list[tuple[nn.Parameter, nn.Parameter]] | None = None) -> float:
     """Forward/backward every clip (gradients accumulated, each clip weighted 1/len(clips)), then one optimizer
     step, the gradient norm clipped to ``optim.grad_clip`` when set (the losses as :func:`clip_loss`; the
-    learning rate is the optimizer's own). With a ``scaler`` (CUDA mixed precision) the forward runs under fp16 autocast and the loss is scaled;
-    the loss itself is computed in fp32. ``tied`` parameter pairs (equal at the start) get the sum of their two
-    gradients, so they stay equal: one set of weights used in two places. Returns the batch's mean loss."""
+    learning rate is the optimizer's own). With a ``scaler`` (CUDA mixed precision) the forward runs under fp16
+    autocast and the loss is scaled; the loss itself is computed in fp32. ``tied`` parameter pairs (equal at the
+    start) get the sum of their two gradients, so they stay equal: one set of weights used in two places. Returns
+    the batch's mean loss."""
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
     for clip in clips:
