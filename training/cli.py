@@ -95,6 +95,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "evenly over the stage)")
     parser.add_argument("--train-batchnorm", action="store_true",
                         help="update BatchNorm statistics during training (default: frozen, as STM)")
+    parser.add_argument("--train-batchnorm-until", type=int, metavar="N",
+                        help="from random weights: per-frame BatchNorm statistics for the first N iterations (fast "
+                        "learning), then running statistics recalibrated on training clips and frozen for the rest, "
+                        "so the network ends trained on the statistics inference uses (kmnrt.training.batchnorm)")
     parser.add_argument("--tied-init", action="store_true",
                         help="without --init: start the memory encoder and key/value as copies of the query "
                         "side's random weights, so the memory read can match from the first step")
@@ -169,6 +173,7 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig (imported lazi
                     init=args.init, resume=args.resume, device=args.device, max_objects=args.max_objects,
                     checkpoint_every=args.checkpoint_every, workers=args.workers, threads=args.threads,
                     log_every=args.log_every, amp=not args.no_amp, freeze_batchnorm=not args.train_batchnorm,
+                    batchnorm_until=args.train_batchnorm_until,
                     tied_init=args.tied_init, tied_training=args.tied_training,
                     calibrated_init=args.calibrated_init)
     optim = dataclasses.replace(config.optim, poly_power=None if args.constant_lr else config.optim.poly_power,

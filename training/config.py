@@ -107,6 +107,7 @@ class TrainConfig:
     device: str = "cpu"
     max_objects: int = 3
     freeze_batchnorm: bool = True
+    batchnorm_until: int | None = None  # per-frame BatchNorm statistics until this iteration, then recalibrated
     tied_init: bool = False  # from random init: start the memory trunk and key head as copies of the query side's
     calibrated_init: bool = False  # from random init: key heads scaled to attention logits of std 1, last conv / 10
     tied_training: bool = False  # and keep them equal while training (gradients summed; implies tied_init)
@@ -157,6 +158,13 @@ class TrainConfig:
                                  f"got {self.average.start}")
         if self.average.every < 1:
             raise UserInputError(f"--average-every must be at least 1, got {self.average.every}")
+        if self.batchnorm_until is not None:
+            if not 1 <= self.batchnorm_until < self.iterations:
+                raise UserInputError(f"--train-batchnorm-until must be an iteration of the stage, 1 to "
+                                     f"{self.iterations - 1}, got {self.batchnorm_until}")
+            if not self.freeze_batchnorm:
+                raise UserInputError("--train-batchnorm-until and --train-batchnorm exclude each other: the first "
+                                     "freezes the statistics at that iteration, the second never does")
         if self.workers < 0:
             raise UserInputError(f"--workers must be 0 or more, got {self.workers}")
         if self.threads is not None and self.threads < 1:

@@ -30,6 +30,7 @@ from kmnrt.model.checkpoint import load_state_into, read_checkpoint, save_checkp
 from kmnrt.model.config import get_config
 from kmnrt.model.kmn import KMN, build_model
 from kmnrt.training.averaging import AVERAGED_NAME, WeightAverage
+from kmnrt.training.batchnorm import RECALIBRATION_CLIPS, recalibrate_batchnorm, recalibration_clips
 from kmnrt.training.config import TrainConfig
 from kmnrt.training.datasets import StaticClips, VideoClips, find_image_pairs, find_video_sequences
 from kmnrt.training.plots import plot_loss_curve
@@ -105,11 +106,15 @@ def tie_memory_to_query(model: KMN, mask_scale: float = 1.0) -> None:
     memory and query keys of the same content start out alike and the attention can match from the first step.
     (STM starts both trunks from the same ImageNet weights, which gives it this for free.) The mask inputs
     (``conv1_m``, ``conv1_o``) are multiplied by ``mask_scale``. Only the starting point is shared."""
-    memory_state = model.memory_encoder.state_dict()
-    shared = {k: v for k, v in model.query_encoder.state_dict().items() if k in memory_state}
-    model.memory_encoder.load_state_dict(shared, strict=False)
-    model.memory_kv.load_state_dict(model.query_kv.state_dict())
+    # Parameters only: BatchNorm running statistics describe each encoder's own inputs (the memory encoder's
+    # include the mask convolutions), and a checkpoint given with --init may have recalibrated both.
+    memory = dict(model.memory_encoder.named_parameters())
     with torch.no_grad():
+        for name, parameter in model.query_encoder.named_parameters():
+            if name in memory:
+                memory[name].copy_(parameter)
+        for query_side, memory_side in zip(model.query_kv.parameters(), model.memory_kv.parameters(), strict=True):
+            memory_side.copy_(query_side)
         model.memory_encoder.conv1_m.weight.mul_(mask_scale)
         model.memory_encoder.conv1_o.weight.mul_(mask_scale)
 
@@ -224,10 +229,15 @@ def train(config: TrainConfig, progress: bool = True, bar_position: int | None =
                         collate_fn=list, num_workers=config.workers)
     checkpoint, state_path, averaged = out / CHECKPOINT_NAME, out / STATE_NAME, out / AVERAGED_NAME
     log = TrainLog(out / LOG_NAME, config, start)
-    set_train_mode(model, config.freeze_batchnorm)
+    until = config.batchnorm_until
+    set_train_mode(model, config.freeze_batchnorm and (until is None or start >= until))
     bar = tqdm(total=config.iterations, initial=start, desc=f"train {config.model} {config.stage} seed {config.seed}",
                unit="it", file=sys.stderr, dynamic_ncols=True, disable=not progress, position=bar_position)
     for iteration, clips in enumerate(loader, start):
+        if iteration == until:  # after the checkpoint of iteration `until`, so a resume from it gets here too
+            recalibrate_batchnorm(model, recalibration_clips(dataset, iteration, config.batch), device, config.optim)
+            set_train_mode(model, freeze_batchnorm=True)
+            log.note(f"it {iteration}: BatchNorm statistics recalibrated on {RECALIBRATION_CLIPS} clips, frozen")
         lr = learning_rate(config, iteration)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -270,6 +280,10 @@ class TrainLog:
         self._append(f"{time.strftime('%H:%M:%S')} it {done} loss {sum(window) / max(len(window), 1):.4f} "
                      f"lr {lr:.2e} {seconds:.2f} s/it\n")
         self.last, self.clock = done, now
+
+    def note(self, text: str) -> None:
+        self._append(f"{time.strftime('%H:%M:%S')} {text}\n")
+        self.clock = time.perf_counter()
 
     def _append(self, text: str) -> None:
         with open(self.path, "a", encoding="utf-8") as handle:

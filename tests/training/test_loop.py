@@ -128,6 +128,7 @@ def test_cli_pretrain_then_main_on_generated_videos(tmp_path, capsys):
     (["--warmup", "-1"], "--warmup"),
     (["--clip-frames", "1"], "--clip-frames"),
     (["--seed", "-1"], "--seed"),
+    (["--train-batchnorm-until", "1"], "--train-batchnorm-until must be an iteration"),
     (["--data", "/nonexistent/kmnrt"], "is not a folder"),
 ])
 def test_cli_user_errors_are_one_line(tmp_path, capsys, argv, message):
