@@ -50,6 +50,7 @@ READ_LOSS = 1.0          # weight of the auxiliary attention loss (kmnrt.trainin
 GRAD_CLIP = 1.0          # global gradient norm; without it a run from random weights can blow up in its first steps
 HARD_PIXELS = 0.25       # bootstrapped cross-entropy over the hardest quarter of the pixels (small objects, edges)
 MEMORY_FORGET = 0.0      # chance a block of an object is forgotten in the memorised prediction (docs/training.md)
+BATCHNORM_UNTIL = None   # frozen BatchNorm throughout; N: per-frame statistics until N, then recalibrated (the card)
 BATCH = 4
 # Seeds trained side by side, one process and one thread each on this machine's two cores; validation keeps
 # one. Four seeds of the recipe spanned 0.74-0.83 J&F on validation and 0.68-0.82 held-out: more than any recipe
@@ -95,6 +96,7 @@ class Recipe:
     main_iterations: int = MAIN_ITERATIONS
     pretrain_iterations: int = PRETRAIN_ITERATIONS
     memory_forget: float = MEMORY_FORGET
+    batchnorm_until: int | None = BATCHNORM_UNTIL
     threads: int | None = 1
     device: str = "cpu"
 
@@ -128,7 +130,8 @@ def stage_configs(recipe: Recipe, out: Path, seed: int = SEEDS[0],
     main = preset(recipe.model, "main", out / "main", iterations=recipe.main_iterations, lr=MAIN_LR,
                   data=videos or out / "videos-train", short_side=recipe.short_side,
                   init=out / "pretrain" / "model.safetensors" if pretrain is not None else None,
-                  calibrated_init=pretrain is None, memory_forget=recipe.memory_forget, **common)
+                  calibrated_init=pretrain is None, memory_forget=recipe.memory_forget,
+                  batchnorm_until=recipe.batchnorm_until, **common)
     return pretrain, with_losses(main)
 
 
@@ -268,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-forget", type=float, default=MEMORY_FORGET, metavar="P",
                         help=f"main training: the chance that a block of an object is forgotten in the memorised "
                         f"prediction (kmnrt train --memory-forget; default: {MEMORY_FORGET:g})")
+    parser.add_argument("--train-batchnorm-until", type=int, default=BATCHNORM_UNTIL, metavar="N",
+                        help="main training: per-frame BatchNorm statistics for the first N iterations, then "
+                        "recalibrated and frozen (kmnrt train --train-batchnorm-until; default: frozen throughout)")
     parser.add_argument("--videos", type=Path, help="use this folder's videos-train/, videos-validation/ and "
                         "videos-heldout/ instead of generating them under --out")
     args = parser.parse_args(argv)
@@ -280,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.install is not None:
         check_install_target(args.install, args.config)  # before the hour of training, not after
     recipe = Recipe(args.config, args.size, args.short_side or None, args.iterations, args.pretrain_iterations,
-                    args.memory_forget, args.threads, args.device)
+                    args.memory_forget, args.train_batchnorm_until, args.threads, args.device)
+    stage_configs(recipe, args.out)  # the options checked (one-line errors) before any video is generated
     started = time.perf_counter()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ from kmnrt.model.checkpoint import load_state_into, read_checkpoint, save_checkp
 from kmnrt.model.config import get_config
 from kmnrt.model.kmn import KMN, build_model
 from kmnrt.training.averaging import AVERAGED_NAME, WeightAverage
-from kmnrt.training.batchnorm import RECALIBRATION_CLIPS, recalibrate_batchnorm, recalibration_clips
+from kmnrt.training.batchnorm import recalibrate_batchnorm, recalibration_clips
 from kmnrt.training.config import TrainConfig
 from kmnrt.training.datasets import StaticClips, VideoClips, find_image_pairs, find_video_sequences
 from kmnrt.training.plots import plot_loss_curve
@@ -235,9 +235,10 @@ def train(config: TrainConfig, progress: bool = True, bar_position: int | None =
                unit="it", file=sys.stderr, dynamic_ncols=True, disable=not progress, position=bar_position)
     for iteration, clips in enumerate(loader, start):
         if iteration == until:  # after the checkpoint of iteration `until`, so a resume from it gets here too
-            recalibrate_batchnorm(model, recalibration_clips(dataset, iteration, config.batch), device, config.optim)
+            used = recalibrate_batchnorm(model, recalibration_clips(dataset, iteration, config.batch), device,
+                                         config.optim)
             set_train_mode(model, freeze_batchnorm=True)
-            log.note(f"it {iteration}: BatchNorm statistics recalibrated on {RECALIBRATION_CLIPS} clips, frozen")
+            log.note(f"it {iteration}: BatchNorm statistics recalibrated on {used} clips, frozen")
         lr = learning_rate(config, iteration)
         for group in optimizer.param_groups:
             group["lr"] = lr

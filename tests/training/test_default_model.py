@@ -95,16 +95,18 @@ def test_recipe_main_stage_is_the_documented_kmnrt_train_command(tmp_path):
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     (tmp_path / "videos-train").mkdir()
-    args = parser.parse_args(
-        ["train", "--config", MODEL, "--stage", "main", "--size", str(CROP), "--short-side", str(SHORT_SIDE),
-         "--batch", "4", "--iterations",
-         str(MAIN_ITERATIONS), "--lr", "1e-3", "--grad-clip", "1", "--tied-training", "--calibrated-init",
-         "--read-loss", "1", "--hard-pixels", "0.25", "--memory-forget", str(MEMORY_FORGET),
-         "--data", str(tmp_path / "videos-train"), "--threads", "1",
-         "--checkpoint-every", "100", "--log-every", "25", "--seed", "2", "--out", str(tmp_path / "main")])
+    command = ["train", "--config", MODEL, "--stage", "main", "--size", str(CROP), "--short-side", str(SHORT_SIDE),
+               "--batch", "4", "--iterations",
+               str(MAIN_ITERATIONS), "--lr", "1e-3", "--grad-clip", "1", "--tied-training", "--calibrated-init",
+               "--read-loss", "1", "--hard-pixels", "0.25", "--memory-forget", str(MEMORY_FORGET),
+               "--data", str(tmp_path / "videos-train"), "--threads", "1",
+               "--checkpoint-every", "100", "--log-every", "25", "--seed", "2", "--out", str(tmp_path / "main")]
     assert 2 in SEEDS
     _, main = stage_configs(Recipe(), tmp_path, seed=2)
-    assert config_from_args(args) == main
+    assert config_from_args(parser.parse_args(command)) == main
+    # and a recipe option passes through as the same kmnrt train option
+    _, main = stage_configs(Recipe(batchnorm_until=5000), tmp_path, seed=2)
+    assert config_from_args(parser.parse_args([*command, "--train-batchnorm-until", "5000"])) == main
 
 
 def test_recipe_tracks_at_the_multiples_of_16_in_the_training_scale_range():
@@ -171,3 +173,14 @@ def test_recipe_reports_a_missing_video_folder_without_a_traceback(tmp_path):
     assert run.returncode == 2
     assert run.stderr.startswith("error: --videos") and "kmnrt generate-data" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_recipe_checks_its_training_options_before_generating_any_video(tmp_path):
+    import pytest
+
+    from kmnrt.errors import UserInputError
+    from kmnrt.training.default_model import main
+
+    with pytest.raises(UserInputError, match="--train-batchnorm-until"):
+        main(["--out", str(tmp_path / "out"), "--train-batchnorm-until", "0"])
+    assert not (tmp_path / "out").exists()
