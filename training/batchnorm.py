@@ -19,6 +19,7 @@ from torch import nn
 
 from kmnrt.training.clips import Clip
 from kmnrt.training.config import OptimConfig
+from kmnrt.training.step import batchnorm_layers, clip_loss
 
 RECALIBRATION_CLIPS = 200  # 400 frames through each encoder
 
@@ -29,10 +30,6 @@ def recalibration_clips(dataset: Sequence[Clip], iteration: int, batch: int) -> 
     distribution at this point of the max_skip curriculum."""
     first = iteration * batch
     return (dataset[index] for index in range(first, min(first + RECALIBRATION_CLIPS, len(dataset))))
-
-
-def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 class _InputMoments:
@@ -62,8 +59,6 @@ def recalibrate_batchnorm(model: nn.Module, clips: Iterable[Clip], device: torch
     population statistics, which include the spread between frames that per-frame normalisation removed (an
     average of per-frame variances would not). The weights are untouched and every module is left in the mode
     it was in. Returns the number of clips used."""
-    from kmnrt.training.step import clip_loss
-
     layers = batchnorm_layers(model)
     moments = [_InputMoments(layer.num_features) for layer in layers]
     hooks = [layer.register_forward_pre_hook(moment) for layer, moment in zip(layers, moments)]

@@ -27,13 +27,16 @@ from kmnrt.training.config import OptimConfig
 LOG_FLOOR = 1e-8  # soft aggregation already clamps to 1e-7; the floor only guards log(0) under fp16
 
 
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+
+
 def set_train_mode(model: nn.Module, freeze_batchnorm: bool = True) -> None:
     """``model.train()``, then BatchNorm back to eval (running statistics frozen) when ``freeze_batchnorm``."""
     model.train()
     if freeze_batchnorm:
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
+        for layer in batchnorm_layers(model):
+            layer.eval()
 
 
 def aggregated_nll(probs: Tensor, labels: Tensor, hard_fraction: float = 1.0) -> Tensor:

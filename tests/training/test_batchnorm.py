@@ -11,10 +11,10 @@ from kmnrt.errors import UserInputError
 from kmnrt.model.checkpoint import load_state_into, read_checkpoint
 from kmnrt.model.config import get_config
 from kmnrt.model.kmn import build_model
-from kmnrt.training.batchnorm import batchnorm_layers, recalibrate_batchnorm
+from kmnrt.training.batchnorm import recalibrate_batchnorm
 from kmnrt.training.config import HideAndSeekConfig, OptimConfig
 from kmnrt.training.loop import build_dataset, train
-from kmnrt.training.step import set_train_mode
+from kmnrt.training.step import batchnorm_layers, set_train_mode
 
 
 def _statistics(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -25,7 +25,8 @@ def test_recalibration_sets_population_statistics_and_leaves_weights_alone(small
     model = build_model(get_config("tiny"), seed=3)
     set_train_mode(model, freeze_batchnorm=False)
     clips = [build_dataset(small_config)[i] for i in range(3)]
-    weights = {k: v.clone() for k, v in model.state_dict().items() if k not in _statistics(model.state_dict())}
+    statistics = _statistics(model.state_dict())
+    weights = {k: v.clone() for k, v in model.state_dict().items() if k not in statistics}
     recalibrate_batchnorm(model, clips, torch.device("cpu"))
 
     # The query encoder's first BatchNorm is fed conv1 of every frame after the first of each clip: its running
