@@ -1,5 +1,6 @@
-"""Typed model configurations: ``paper`` (STM/KMN sizes), ``lite`` (ResNet-18, the default), ``small`` and
-``medium`` (trainable from scratch on a CPU; ``small`` is the embedded default model) and ``tiny`` (tests)."""
+"""Typed model configurations: ``paper`` (STM/KMN sizes), ``lite`` (ResNet-18, the default), ``small``,
+``small-in`` and ``medium`` (trainable from scratch on a CPU; ``small`` is the embedded default model) and ``tiny``
+(tests)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,19 @@ class BackboneConfig:
 
     ``block`` is ``"bottleneck"`` (ResNet-50 family, expansion 4) or ``"basic"`` (ResNet-18 family, expansion 1);
     ``blocks`` counts the residual blocks in layer1..layer3; ``widths`` are the planes of layer1..layer3.
+    ``norm`` is ``"batch"`` (torchvision's BatchNorm, as STM) or ``"instance"`` (each image normalised by its own
+    statistics: for trunks trained from random weights, where frozen BatchNorm normalises nothing).
     """
 
     block: Literal["basic", "bottleneck"]
     blocks: tuple[int, int, int]
     stem_width: int
     widths: tuple[int, int, int]
+    norm: Literal["batch", "instance"] = "batch"
+
+    def __post_init__(self) -> None:
+        if self.norm not in ("batch", "instance"):
+            raise UserInputError(f"unknown normalisation {self.norm!r}: choose 'batch' or 'instance'")
 
     @property
     def expansion(self) -> int:
@@ -122,6 +130,15 @@ CONFIGS: dict[str, ModelConfig] = {
     "small": ModelConfig(
         name="small",
         backbone=BackboneConfig("basic", (1, 1, 1), 16, (16, 32, 64)),
+        key_dim=32,
+        value_dim=64,
+        decoder_dim=32,
+    ),
+    # small with InstanceNorm trunks: from random weights nothing else normalises them (frozen BatchNorm is an
+    # identity; trained BatchNorm statistics differ between a training batch and one tracked frame).
+    "small-in": ModelConfig(
+        name="small-in",
+        backbone=BackboneConfig("basic", (1, 1, 1), 16, (16, 32, 64), norm="instance"),
         key_dim=32,
         value_dim=64,
         decoder_dim=32,

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from kmnrt.model.config import ModelConfig
-from kmnrt.model.resnet import make_stages
+from kmnrt.model.resnet import make_stages, norm_layer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -24,7 +24,7 @@ class _Trunk(nn.Module):
         super().__init__()
         backbone = config.backbone
         self.conv1 = nn.Conv2d(3, backbone.stem_width, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(backbone.stem_width)
+        self.bn1 = norm_layer(backbone.stem_width, backbone.norm)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.res2, self.res3, self.res4 = make_stages(backbone)

@@ -158,6 +158,11 @@ class TrainConfig:
                                  f"got {self.average.start}")
         if self.average.every < 1:
             raise UserInputError(f"--average-every must be at least 1, got {self.average.every}")
+        batchnorm_options = not self.freeze_batchnorm or self.batchnorm_until is not None
+        if batchnorm_options and CONFIGS[self.model].backbone.norm != "batch":
+            raise UserInputError(f"--train-batchnorm and --train-batchnorm-until need BatchNorm, and --config "
+                                 f"{self.model} normalises each image by its own statistics (InstanceNorm): "
+                                 f"drop the option")
         if self.batchnorm_until is not None:
             if not 1 <= self.batchnorm_until < self.iterations:
                 raise UserInputError(f"--train-batchnorm-until must be an iteration of the stage, 1 to "
@@ -191,6 +196,7 @@ _PRESETS: dict[str, dict[str, int | float]] = {
     "paper": {"size": 384, "batch": 4, "lr": 1e-5, "pretrain": 100_000, "main": 100_000},
     "lite": {"size": 384, "batch": 4, "lr": 1e-4, "pretrain": 100_000, "main": 100_000},
     "small": {"size": 128, "batch": 4, "lr": 1e-3, "pretrain": 1_000, "main": 8_000},
+    "small-in": {"size": 128, "batch": 4, "lr": 1e-3, "pretrain": 1_000, "main": 8_000},
     "medium": {"size": 128, "batch": 4, "lr": 1e-3, "pretrain": 1_000, "main": 8_000},
     "tiny": {"size": 192, "batch": 4, "lr": 1e-3, "pretrain": 4_000, "main": 4_000},
 }

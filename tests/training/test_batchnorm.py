@@ -85,6 +85,8 @@ def test_train_batchnorm_until_trains_statistics_then_freezes_them_and_resumes_e
     ({"batchnorm_until": 0}, "--train-batchnorm-until must be an iteration"),
     ({"batchnorm_until": 4}, "--train-batchnorm-until must be an iteration"),
     ({"batchnorm_until": 2, "freeze_batchnorm": False}, "exclude each other"),
+    ({"model": "small-in", "batchnorm_until": 2}, "--config small-in normalises each image by its own"),
+    ({"model": "small-in", "freeze_batchnorm": False}, "InstanceNorm\\): drop the option"),
 ])
 def test_train_batchnorm_until_rejects_what_cannot_work(small_config, changes, message):
     with pytest.raises(UserInputError, match=message):
