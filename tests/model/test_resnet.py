@@ -15,15 +15,14 @@ from kmnrt.model.kmn import build_model
 
 
 def test_instance_norm_keeps_batchnorms_parameter_names_and_drops_its_running_statistics():
-    batch = build_model(get_config("small"), seed=0).state_dict()
-    instance = build_model(get_config("small-in"), seed=0).state_dict()
+    batch_model, instance_model = build_model(get_config("small"), seed=0), build_model(get_config("small-in"), seed=0)
+    batch, instance = batch_model.state_dict(), instance_model.state_dict()
     statistics = {k for k in batch if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
     assert statistics and set(instance) == set(batch) - statistics
     assert all(instance[k].shape == batch[k].shape for k in instance)
-    batchnorms = [m for m in build_model(get_config("small"), seed=0).modules() if isinstance(m, nn.BatchNorm2d)]
-    model = build_model(get_config("small-in"), seed=0)
-    assert not [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    norms = [m for m in model.modules() if isinstance(m, nn.InstanceNorm2d)]
+    batchnorms = [m for m in batch_model.modules() if isinstance(m, nn.BatchNorm2d)]
+    norms = [m for m in instance_model.modules() if isinstance(m, nn.InstanceNorm2d)]
+    assert not [m for m in instance_model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert len(norms) == len(batchnorms) == 18 and all(m.affine and not m.track_running_stats for m in norms)
 
 
