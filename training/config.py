@@ -192,12 +192,13 @@ def json_ready(value: object) -> object:
 
 
 # Per model size: crop size, batch, learning rate, iterations of each stage. The paper's crop/batch/lr; our counts.
+_FROM_SCRATCH_ON_A_CPU = {"size": 128, "batch": 4, "lr": 1e-3, "pretrain": 1_000, "main": 8_000}
 _PRESETS: dict[str, dict[str, int | float]] = {
     "paper": {"size": 384, "batch": 4, "lr": 1e-5, "pretrain": 100_000, "main": 100_000},
     "lite": {"size": 384, "batch": 4, "lr": 1e-4, "pretrain": 100_000, "main": 100_000},
-    "small": {"size": 128, "batch": 4, "lr": 1e-3, "pretrain": 1_000, "main": 8_000},
-    "small-in": {"size": 128, "batch": 4, "lr": 1e-3, "pretrain": 1_000, "main": 8_000},
-    "medium": {"size": 128, "batch": 4, "lr": 1e-3, "pretrain": 1_000, "main": 8_000},
+    "small": _FROM_SCRATCH_ON_A_CPU,
+    "small-in": _FROM_SCRATCH_ON_A_CPU,
+    "medium": _FROM_SCRATCH_ON_A_CPU,
     "tiny": {"size": 192, "batch": 4, "lr": 1e-3, "pretrain": 4_000, "main": 4_000},
 }
 
