@@ -3,8 +3,9 @@
 The list (``tensorrt_ops.json``) is data transcribed from onnx/onnx-tensorrt ``docs/operators.md`` with its source
 and version. Beyond "is the op in the list", the audit checks what can be checked without TensorRT: the opset
 range every TensorRT 10.x parses, the element types of each node's data input and outputs against the op's
-supported types, and the documented restrictions that are static (constant ``axes``, Resize modes, pooling
-dimensionality and dilations, TopK ``sorted``, ScatterND ``reduction``, MaxPool's ``Indices`` output).
+supported types (of a comparison, the input only: its output is BOOL by definition), and the documented
+restrictions that are static (constant ``axes``, Resize modes, pooling dimensionality and dilations, TopK
+``sorted``, ScatterND ``reduction``, MaxPool's ``Indices`` output).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ _TYPE_NAMES = {1: "FP32", 2: "UINT8", 3: "INT8", 6: "INT32", 7: "INT64", 9: "BOO
                16: "BF16"}
 _RESIZE_COORDINATES = {"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"}
 _RESIZE_NEAREST = {"floor", "ceil", "round_prefer_floor", "round_prefer_ceil"}
+# Their output is BOOL whatever the input; the table's types are those of the compared inputs.
+_COMPARISONS = {"Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual"}
 _CONSTANT_AXES = {"Squeeze", "Unsqueeze", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax",
                   "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare"}
 
@@ -106,7 +109,8 @@ def audit_model(model) -> dict:
             problems.append(f"{label}: {node.op_type} is not supported by ONNX-TensorRT {table['tensorrt_version']}")
             continue
         data = [node.input[0]] if node.input and node.input[0] else []
-        for tensor in data + [o for o in node.output if o]:
+        outputs = [] if node.op_type in _COMPARISONS else [o for o in node.output if o]
+        for tensor in data + outputs:
             type_name = _TYPE_NAMES.get(types.get(tensor, 0))
             if type_name == "DOUBLE":
                 warnings.append(f"{label}: {tensor} is DOUBLE, TensorRT casts it down to FP32")

@@ -12,6 +12,9 @@ KMN:  q^(p) = argmax_q c(p, q)  (Memory-to-Query), then the Query-to-Memory soft
 
 The softmax always runs over the last axis (attention layout): it is more accurate than a softmax over a middle
 axis and is the pattern TensorRT fuses. Invalid memory gets a logit bias of -1e4, which exp() turns into an exact 0.
+In the KMN read, weights under 1e-30 are set to an exact 0 too (:func:`attention_weights`): its Gaussian sends
+many logits far below their row's maximum, and the float32 subnormals their exp() lands in make x86 CPUs run the
+read's matmul up to 100 times slower.
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ from torch import Tensor, nn
 from kmnrt.model.config import ReadConfig
 
 INVALID_BIAS = 1.0e4  # exp(-1e4) == 0 in fp32/fp16; finite so a fully masked row cannot produce NaN arithmetic
+# Attention weights below this become 0: every subnormal (< 1.2e-38) and then some. Over at most 1e5 memory
+# positions they add up to 1e-25 of a unit of attention, far under float32's resolution, so the read is unchanged
+# (tests/model/test_memory_read.py); float16 cannot hold the constant and the comparison is then a no-op.
+ATTENTION_FLOOR = 1.0e-30
 
 
 def _object_major(memory: Tensor) -> Tensor:
@@ -38,6 +45,17 @@ def _valid_bias(memory_valid: Tensor | None, positions_per_frame: int, n: int) -
         return None
     bias = (memory_valid.transpose(0, 1) - 1.0) * INVALID_BIAS  # [N, T]
     return bias.unsqueeze(-1).expand(n, -1, positions_per_frame).reshape(n, 1, -1)
+
+
+def attention_weights(logits: Tensor) -> Tensor:
+    """Softmax over the last axis, weights under :data:`ATTENTION_FLOOR` set to 0.
+
+    Subnormal operands cost x86 CPUs about a hundred cycles each: with the default model's sigma 2 a few percent
+    of the weights are subnormal and the read ran 4x slower (sigma 1: 8x; docs/runtime.md). Zeroing them costs
+    one elementwise pass (ONNX Less + Where), on every backend alike, so backends keep computing the same function.
+    """
+    attention = torch.softmax(logits, dim=-1)
+    return torch.where(attention < ATTENTION_FLOOR, torch.zeros((), dtype=attention.dtype), attention)
 
 
 def grid_coordinates(h: int, w: int, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -72,6 +90,8 @@ def stm_read(memory_key: Tensor, memory_value: Tensor, query_key: Tensor,
     bias = _valid_bias(memory_valid, h * w, n)
     if bias is not None:
         logits = logits + bias
+    # The plain softmax: this is training's read too, and the shipped weights were trained with it to the bit.
+    # Without the Gaussian its logits do not fall far below their maximum the way the KMN read's do.
     attention = torch.softmax(logits, dim=-1)
     read = torch.matmul(mv, attention.transpose(1, 2))  # [N, Cv, Q]
     return read.reshape(n, -1, h, w)
@@ -92,7 +112,7 @@ def kmn_read(memory_key: Tensor, memory_value: Tensor, query_key: Tensor, sigma:
     bias = _valid_bias(memory_valid, h * w, n)
     if bias is not None:
         logits = logits + bias
-    attention = torch.softmax(logits, dim=-1)
+    attention = attention_weights(logits)
     read = torch.matmul(mv, attention.transpose(1, 2))
     return read.reshape(n, -1, h, w)
 
@@ -121,7 +141,7 @@ def kmn_read_folded(memory_key: Tensor, memory_value: Tensor, query_key: Tensor,
     key_aug = torch.cat([mk, y_hat * inv_var, x_hat * inv_var, constant], dim=1)  # [N, Ck+3, P]
     query_aug = torch.cat([qk / math.sqrt(ck), ys.view(1, -1), xs.view(1, -1), torch.ones_like(ys).view(1, -1)])
     logits = torch.matmul(query_aug.transpose(0, 1), key_aug)  # [N, Q, P]
-    attention = torch.softmax(logits, dim=-1)
+    attention = attention_weights(logits)
     read = torch.matmul(mv, attention.transpose(1, 2))
     return read.reshape(n, -1, h, w)
 

@@ -44,6 +44,14 @@ def test_an_unsupported_operator_is_flagged():
     assert audit["problems"] == ["Unique node dedupe: Unique is not supported by ONNX-TensorRT 10.15"]
 
 
+def test_comparisons_are_checked_on_their_inputs_not_their_bool_output():
+    compare = [helper.make_node("Less", ["x", "y"], ["below"], name="below")]
+    assert audit_model(_model(compare, [_tensor("x"), _tensor("y")], [_tensor("below", TensorProto.BOOL)]))["supported"]
+    audit = audit_model(_model(compare, [_tensor("x", TensorProto.UINT8), _tensor("y", TensorProto.UINT8)],
+                               [_tensor("below", TensorProto.BOOL)]))
+    assert audit["problems"] == ["Less node below: x is UINT8; Less supports FP32, FP16, BF16, INT32, INT64"]
+
+
 def test_static_restrictions_are_checked():
     scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 2, 2])
     k = helper.make_tensor("k", TensorProto.INT64, [1], [2])

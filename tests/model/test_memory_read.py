@@ -7,8 +7,11 @@ import math
 import pytest
 import torch
 
+from kmnrt.model import memory_read
 from kmnrt.model.memory_read import (
+    ATTENTION_FLOOR,
     MemoryRead,
+    attention_weights,
     kmn_read,
     kmn_read_folded,
     memory_to_query_match,
@@ -117,6 +120,38 @@ def test_folded_and_bias_forms_agree_in_float32_with_identical_argmax():
     assert (kmn_read_folded(mk, mv, qk, 7.0) - reference).abs().max() < 1e-5
     assert torch.equal(memory_to_query_match(keys, qk.reshape(32, -1)),
                        memory_to_query_match(keys.double(), qk.double().reshape(32, -1)))
+
+
+def subnormal_count(x: torch.Tensor) -> int:
+    return int(((x != 0) & (x.abs() < torch.finfo(x.dtype).tiny)).sum())
+
+
+def test_attention_weights_are_the_softmax_with_subnormals_flushed():
+    logits = torch.linspace(0.0, -120.0, 241).repeat(3, 1)
+    plain = torch.softmax(logits, dim=-1)
+    assert subnormal_count(plain) > 0  # exp(-87.3) is float32's smallest normal
+    weights = attention_weights(logits)
+    assert subnormal_count(weights) == 0
+    kept = plain >= ATTENTION_FLOOR
+    assert torch.equal(weights[kept], plain[kept]) and not weights[~kept].any()
+
+
+@pytest.mark.parametrize("read", [kmn_read, kmn_read_folded])
+def test_kmn_read_flushes_subnormal_weights_without_changing_the_read(read, monkeypatch):
+    """The default model's grid (16x29) and a tight kernel: the Gaussian sends logits so far below their row's
+    maximum that the plain softmax leaves subnormal weights (slow on x86 CPUs). Flushing them changes the read
+    by less than float32 rounding."""
+    mk, mv, qk = random_memory(t=3, n=2, ck=32, cv=8, h=16, w=29, spread=1.0, dtype=torch.float32, seed=5)
+    plain_weights = []
+    with monkeypatch.context() as patch:
+        patch.setattr(memory_read, "attention_weights",
+                      lambda logits: plain_weights.append(torch.softmax(logits, dim=-1)) or plain_weights[-1])
+        plain = read(mk, mv, qk, 1.0)
+    assert subnormal_count(plain_weights[0]) > 1000
+    out = read(mk, mv, qk, 1.0)
+    assert (out - plain).abs().max() < 1e-6
+    # the folded form's own float32 error grows as sigma shrinks (coordinates / sigma^2 in the matmul): 3e-5 here
+    assert (out - kmn_read(mk.double(), mv.double(), qk.double(), 1.0)).abs().max() < 1e-4
 
 
 def test_argmax_ties_resolve_to_the_first_query_position():
