@@ -11,10 +11,10 @@ KMN:  q^(p) = argmax_q c(p, q)  (Memory-to-Query), then the Query-to-Memory soft
       multiplying exp(c) by g: identical in exact arithmetic, but exp(c) * g underflows to 0/0 in fp16.
 
 The softmax always runs over the last axis (attention layout): it is more accurate than a softmax over a middle
-axis and is the pattern TensorRT fuses. Invalid memory gets a logit bias of -1e4, which exp() turns into an exact 0.
-In the KMN read, weights under 1e-30 are set to an exact 0 too (:func:`attention_weights`): its Gaussian sends
-many logits far below their row's maximum, and the float32 subnormals their exp() lands in make x86 CPUs run the
-read's matmul up to 100 times slower.
+axis and is the pattern TensorRT fuses. Invalid memory gets a logit bias of -1e4. In the KMN read every logit is
+first raised to at least its row's maximum - 60 (:func:`attention_weights`): its Gaussian sends many logits so far
+below the maximum that exp() lands in float32's subnormals, which make x86 CPUs run the softmax and the read's
+matmul up to 100 times slower. Invalid memory then weighs e^-60 of the best match instead of exactly 0.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from torch import Tensor, nn
 from kmnrt.model.config import ReadConfig
 
 INVALID_BIAS = 1.0e4  # exp(-1e4) == 0 in fp32/fp16; finite so a fully masked row cannot produce NaN arithmetic
-# Attention weights below this become 0: every subnormal (< 1.2e-38) and then some. Over at most 1e5 memory
-# positions they add up to 1e-25 of a unit of attention, far under float32's resolution, so the read is unchanged
-# (tests/model/test_memory_read.py); float16 cannot hold the constant and the comparison is then a no-op.
-ATTENTION_FLOOR = 1.0e-30
+# How far below its row's maximum a KMN logit may fall. e^-60 = 8.8e-27: raised entries weigh that much of the
+# best match, which over at most 1e5 memory positions is far under float32's resolution, so the read does not change
+# (tests/model/test_memory_read.py); and the smallest weight, e^-60 / (1e5 positions), is still a normal float32.
+LOGIT_RANGE = 60.0
 
 
 def _object_major(memory: Tensor) -> Tensor:
@@ -48,14 +48,15 @@ def _valid_bias(memory_valid: Tensor | None, positions_per_frame: int, n: int) -
 
 
 def attention_weights(logits: Tensor) -> Tensor:
-    """Softmax over the last axis, weights under :data:`ATTENTION_FLOOR` set to 0.
+    """Softmax over the last axis of the logits raised to at least their row's maximum - :data:`LOGIT_RANGE`.
 
     Subnormal operands cost x86 CPUs about a hundred cycles each: with the default model's sigma 2 a few percent
-    of the weights are subnormal and the read ran 4x slower (sigma 1: 8x; docs/runtime.md). Zeroing them costs
-    one elementwise pass (ONNX Less + Where), on every backend alike, so backends keep computing the same function.
+    of the weights were subnormal and its read ran 4-6x slower (docs/benchmarks.md). Raising the logits keeps every
+    exp() result normal, so the softmax gets faster too; zeroing small weights after the softmax instead (ONNX
+    Where, or Mul by a mask) cost ONNX Runtime more than the subnormals did. ONNX: ReduceMax, Sub, Max, Softmax.
     """
-    attention = torch.softmax(logits, dim=-1)
-    return torch.where(attention < ATTENTION_FLOOR, torch.zeros((), dtype=attention.dtype), attention)
+    floor = logits.amax(dim=-1, keepdim=True) - LOGIT_RANGE
+    return torch.softmax(torch.maximum(logits, floor), dim=-1)
 
 
 def grid_coordinates(h: int, w: int, like: Tensor) -> tuple[Tensor, Tensor]:
