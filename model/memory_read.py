@@ -92,7 +92,7 @@ def stm_read(memory_key: Tensor, memory_value: Tensor, query_key: Tensor,
     if bias is not None:
         logits = logits + bias
     # The plain softmax: this is training's read too, and the shipped weights were trained with it to the bit.
-    # Without the Gaussian its logits do not fall far below their maximum the way the KMN read's do.
+    # The subnormal weights measured (attention_weights) came from the KMN read's Gaussian.
     attention = torch.softmax(logits, dim=-1)
     read = torch.matmul(mv, attention.transpose(1, 2))  # [N, Cv, Q]
     return read.reshape(n, -1, h, w)
