@@ -16,6 +16,12 @@ from kmnrt.model.config import get_config
 from kmnrt.model.kmn import build_model
 
 
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height of an image, the file closed again (Image.open reads lazily and keeps it open)."""
+    with Image.open(path) as image:
+        return image.size
+
+
 @pytest.fixture()
 def tiny_checkpoint(tmp_path):
     return save_checkpoint(build_model(get_config("tiny"), seed=0), tmp_path / "tiny.safetensors")
@@ -35,9 +41,10 @@ def test_track_writes_palette_pngs_named_like_the_frames(tmp_path, capsys, share
                             "--input", seq / "JPEGImages", "--mask", first_mask, "--out", out, "--max-frames", 4)
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "00002.png", "00003.png"]
-    first = Image.open(out / "00000.png")
-    assert first.mode == "P" and first.size == (854, 480)
-    assert first.getpalette()[3:9] == [128, 0, 0, 0, 128, 0]  # DAVIS colours of ids 1 and 2
+    with Image.open(out / "00000.png") as first:
+        assert first.mode == "P" and first.size == (854, 480)
+        assert first.getpalette()[3:9] == [128, 0, 0, 0, 128, 0]  # DAVIS colours of ids 1 and 2
+        first.load()
     given = np.asarray(Image.open(seq / "Annotations_davis2017_first_frame" / "00000.png"))
     assert np.array_equal(np.asarray(first), given)
     assert set(np.unique(np.asarray(Image.open(out / "00003.png")))) <= {0, 1, 2}
@@ -61,7 +68,7 @@ def test_track_reads_a_video_file(tmp_path, capsys, tiny_checkpoint):
                             "--mask", tmp_path / "mask.png", "--out", tmp_path / "pred")
     assert code == 0, err
     assert len(list((tmp_path / "pred").glob("*.png"))) == 5
-    assert Image.open(tmp_path / "pred" / "00004.png").size == (80, 48)
+    assert png_size(tmp_path / "pred" / "00004.png") == (80, 48)
     assert "own size" in stdout
 
     scaled = save_checkpoint(build_model(get_config("tiny"), seed=0), tmp_path / "scaled.safetensors", short_side=96)
@@ -69,7 +76,7 @@ def test_track_reads_a_video_file(tmp_path, capsys, tiny_checkpoint):
                             "--mask", tmp_path / "mask.png", "--out", tmp_path / "scaled")
     assert code == 0, err
     assert "short side 96" in stdout  # the checkpoint's training scale is the default
-    assert Image.open(tmp_path / "scaled" / "00004.png").size == (80, 48)  # masks come back at the frames' size
+    assert png_size(tmp_path / "scaled" / "00004.png") == (80, 48)  # masks come back at the frames' size
 
 
 def test_random_weights_come_with_a_warning(tmp_path, capsys, shared_vos):
