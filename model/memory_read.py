@@ -11,10 +11,11 @@ KMN:  q^(p) = argmax_q c(p, q)  (Memory-to-Query), then the Query-to-Memory soft
       multiplying exp(c) by g: identical in exact arithmetic, but exp(c) * g underflows to 0/0 in fp16.
 
 The softmax always runs over the last axis (attention layout): it is more accurate than a softmax over a middle
-axis and is the pattern TensorRT fuses. Invalid memory gets a logit bias of -1e4. In the KMN read every logit is
-first raised to at least its row's maximum - 60 (:func:`attention_weights`): its Gaussian sends many logits so far
-below the maximum that exp() lands in float32's subnormals, which make x86 CPUs run the softmax and the read's
-matmul up to 100 times slower. Invalid memory then weighs e^-60 of the best match instead of exactly 0.
+axis and is the pattern TensorRT fuses. Invalid memory gets a logit bias of -1e4. KMN's Gaussian sends many logits
+so far below their row's maximum that exp() lands in float32's subnormals, which make x86 CPUs run the softmax and
+the read's matmul up to 100 times slower: in PyTorch every KMN logit is first raised to at least its row's maximum
+- 60 (:func:`attention_weights`; invalid memory then weighs e^-60 of the best match instead of exactly 0), and
+ONNX Runtime's CPU sessions flush subnormals to zero instead (the exported graph keeps the plain softmax).
 """
 
 from __future__ import annotations
@@ -48,15 +49,26 @@ def _valid_bias(memory_valid: Tensor | None, positions_per_frame: int, n: int) -
 
 
 def attention_weights(logits: Tensor) -> Tensor:
-    """Softmax over the last axis of the logits raised to at least their row's maximum - :data:`LOGIT_RANGE`.
+    """Softmax over the last axis of the logits raised to at least their row's maximum - :data:`LOGIT_RANGE`. The
+    logits are raised in place when no gradient is wanted (one [N, Q, P] tensor fewer at the read's peak): the
+    caller must not reuse them.
 
     Subnormal operands cost x86 CPUs about a hundred cycles each: with the default model's sigma 2 a few percent
     of the weights were subnormal and its read ran 4-6x slower (docs/benchmarks.md). Raising the logits keeps every
-    exp() result normal, so the softmax gets faster too; zeroing small weights after the softmax instead (ONNX
-    Where, or Mul by a mask) cost ONNX Runtime more than the subnormals did. ONNX: ReduceMax, Sub, Max, Softmax.
+    exp() result normal, so the softmax gets faster too. ``torch.set_flush_denormal`` would not do: it does not
+    reach PyTorch's worker threads.
+
+    An exported graph keeps the plain softmax. ONNX Runtime cannot raise the logits in place, so the floor cost it
+    a second [N, Q, P] tensor (the read's peak at paper size went from about 1.5 to 2.2 times the affinity) and
+    time; its CPU sessions flush subnormals to zero instead (``session.set_denormal_as_zero``, set by the
+    runtime), which is faster still, and GPUs compute subnormals at full speed.
     """
+    if torch.onnx.is_in_onnx_export():
+        return torch.softmax(logits, dim=-1)
     floor = logits.amax(dim=-1, keepdim=True) - LOGIT_RANGE
-    return torch.softmax(torch.maximum(logits, floor), dim=-1)
+    # autograd needs the logits as they were (amax's backward), so in place only where no gradient is wanted
+    raised = logits.clamp(min=floor) if logits.requires_grad else logits.clamp_(min=floor)
+    return torch.softmax(raised, dim=-1)
 
 
 def grid_coordinates(h: int, w: int, like: Tensor) -> tuple[Tensor, Tensor]:

@@ -8,12 +8,13 @@ torch work queue on one stream, in order.
 
 Session options follow the measurements in ``docs/export-notes.md`` §3/§6: ``ORT_ENABLE_ALL``, intra-op threads
 = physical cores; for the memory read, memory patterns and the CPU arena off (otherwise the process keeps the
-read's peak resident and grows on the second run).
+read's peak resident and grows on the second run); subnormals flushed to zero (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,32 @@ _NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int
                  torch.int32: np.int32}
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
+
+
+def flushing_subnormals() -> bool:
+    """Whether this thread flushes float32 subnormals to zero (x86 FTZ/DAZ): a one-element product in torch runs
+    on the calling thread."""
+    return bool((torch.tensor(1.0e-39) * 1.0).eq(0).item())
+
+
+@contextmanager
+def subnormals_flushed() -> Iterator[None]:
+    """This thread flushes subnormals to zero inside the block, and gets its own mode back after it.
+
+    KMN's Gaussian drives many attention weights into float32's subnormals, which x86 CPUs process about a hundred
+    times slower, and the exported read keeps the plain softmax (model/memory_read.py). ONNX Runtime's
+    ``session.set_denormal_as_zero`` sets FTZ/DAZ on its pool threads, but the calling thread computes a share of
+    every run too, and ONNX Runtime sets that thread's mode only when it creates a session, and leaves it set: the
+    runs would be slow on any other thread (the service runs on its device worker), and the caller's own
+    arithmetic would change behind its back.
+    """
+    was_flushing = flushing_subnormals()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if not was_flushing:
+            torch.set_flush_denormal(False)
 
 
 class OrtRunner(BaseRunner):
@@ -64,7 +91,8 @@ class OrtRunner(BaseRunner):
                 raise BundleError(f"bundle {self.bundle_dir} has no graph {graph!r} in its manifest")
             path = self.bundle_dir / record.onnx
             try:
-                session = ort.InferenceSession(str(path), self._session_options(ort, graph), providers=providers)
+                with subnormals_flushed():  # undoes what creating the session does to this thread's mode
+                    session = ort.InferenceSession(str(path), self._session_options(ort, graph), providers=providers)
             except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
                 raise BundleError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from None
             if self.cuda and CUDA_PROVIDER not in session.get_providers():
@@ -97,6 +125,8 @@ class OrtRunner(BaseRunner):
         # ORT's idle threads spin after each run by default, taking the cores from the torch work between graphs
         # (measured: the frame-size post-processing 10x slower); the graphs here are called back to back anyway.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # subnormals flushed to zero on ORT's pool threads; on the calling thread by subnormals_flushed, per run
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
         if graph == "memory_read":
             options.enable_mem_pattern = False  # T changes with every memory frame: patterns never repeat
             options.enable_cpu_mem_arena = False  # the arena keeps the read's peak resident
@@ -117,7 +147,11 @@ class OrtRunner(BaseRunner):
         for name, tensor in outputs.items():
             binding.bind_output(name, device_type, device_id, _NUMPY_DTYPES[tensor.dtype], tuple(tensor.shape),
                                 tensor.data_ptr())
-        session.run_with_iobinding(binding, self._run_options)
+        if self.cuda:
+            session.run_with_iobinding(binding, self._run_options)
+            return
+        with subnormals_flushed():
+            session.run_with_iobinding(binding, self._run_options)
 
     def describe(self) -> str:
         providers = next(iter(self.sessions.values())).get_providers() if self.sessions else []

@@ -119,3 +119,60 @@ def test_tensorrt_backend_matches_the_cpu(tmp_path, bmx_small):
     cpu_state = cpu.start(bmx_small.frames[0], bmx_small.first_mask)
     for frame in bmx_small.frames[1:8]:
         assert (trt.step(trt_state, frame).mask == cpu.step(cpu_state, frame).mask).mean() > 0.999
+
+
+def test_onnxruntime_flushes_the_reads_subnormals_and_reads_as_pytorch(tmp_path, monkeypatch):
+    """The exported read keeps the plain softmax (no floor on the logits, which cost ONNX Runtime an extra
+    [N, Q, P] tensor); the runner's sessions flush subnormals to zero instead. A kernel this tight (sigma 0.3 on
+    the tiny bundle's 4x7 grid) leaves subnormal weights in a plain softmax, and the read still matches PyTorch's,
+    whose logits are floored (model/memory_read.py)."""
+    import onnx
+
+    from kmnrt.export.bundle import ExportOptions, export_bundle
+    from kmnrt.model.config import get_config
+    from kmnrt.model.kmn import build_model
+    from kmnrt.model import memory_read
+
+    options = ExportOptions(config="tiny", out=tmp_path / "tight", height=64, width=112, sigma=0.3, verify=False)
+    bundle = export_bundle(options, model=build_model(get_config("tiny"), options.read_config, seed=0), progress=False)
+    manifest = load_manifest(bundle)
+    ops = {node.op_type for node in onnx.load(str(bundle / "memory_read.onnx")).graph.node}
+    assert "Softmax" in ops and not {"Max", "ReduceMax", "Clip"} & ops
+    spec = {s.name: s for s in graph_specs(manifest.model_config, *manifest.input_size)}["memory_read"]
+    sizes = {"N": 2, "T": 3}
+    generator = torch.Generator().manual_seed(0)
+    inputs = {s.name: torch.randn(s.concrete(sizes), generator=generator) for s in spec.inputs}
+    inputs["memory_valid"] = torch.ones_like(inputs["memory_valid"])
+    output = torch.zeros(spec.outputs[0].concrete(sizes))
+    with load_runner(bundle, manifest, "onnxruntime") as runner:
+        session = runner.sessions["memory_read"]
+        assert session.get_session_options().get_session_config_entry("session.set_denormal_as_zero") == "1"
+        runner.infer("memory_read", inputs, {spec.outputs[0].name: output})
+    keys, values, query = inputs["memory_key"], inputs["memory_value"], inputs["query_key"]
+    plain_weights = []
+    with monkeypatch.context() as patch:
+        patch.setattr(memory_read, "attention_weights",
+                      lambda logits: plain_weights.append(torch.softmax(logits, dim=-1)) or plain_weights[-1])
+        memory_read.kmn_read_folded(keys, values, query, 0.3)
+    tiny = torch.finfo(torch.float32).tiny
+    # the case the flush is for, and the caller's own arithmetic still keeps its subnormals after the runner ran
+    assert int(((plain_weights[0] > 0) & (plain_weights[0] < tiny)).sum()) > 100
+    expected = memory_read.kmn_read_folded(keys, values, query, 0.3)
+    assert (output - expected).abs().max() < 1e-5
+
+
+def test_subnormals_flushed_gives_the_thread_its_mode_back():
+    from kmnrt.runtime.backends.ort import flushing_subnormals, subnormals_flushed
+
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU has no flush-to-zero mode torch can set")
+    with subnormals_flushed():
+        assert flushing_subnormals()
+    assert not flushing_subnormals()
+    torch.set_flush_denormal(True)
+    try:
+        with subnormals_flushed():
+            pass
+        assert flushing_subnormals()  # a thread that flushed before keeps flushing
+    finally:
+        torch.set_flush_denormal(False)
