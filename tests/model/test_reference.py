@@ -118,6 +118,7 @@ def test_bad_masks_are_user_errors(tiny_model, blackswan):
         TrackerConfig(max_memory=1)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to PyTorch)")
 def test_cuda_matches_cpu(tiny_model, bmx_trees):
     frames, _, mask = bmx_trees
