@@ -129,9 +129,9 @@ def test_onnxruntime_flushes_the_reads_subnormals_and_reads_as_pytorch(tmp_path,
     import onnx
 
     from kmnrt.export.bundle import ExportOptions, export_bundle
+    from kmnrt.model import memory_read
     from kmnrt.model.config import get_config
     from kmnrt.model.kmn import build_model
-    from kmnrt.model import memory_read
 
     options = ExportOptions(config="tiny", out=tmp_path / "tight", height=64, width=112, sigma=0.3, verify=False)
     bundle = export_bundle(options, model=build_model(get_config("tiny"), options.read_config, seed=0), progress=False)
