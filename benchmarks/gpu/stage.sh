@@ -40,8 +40,8 @@ for piece in "$PIECES"/piece-*; do
     mkdir -p "$CARRY/part-$count"
     mv "$piece" "$CARRY/part-$count/piece"
 done
-(cd "$CARRY" && sha256sum part-*/piece > SHA256SUMS)
-cp "$CARRY/SHA256SUMS" "$CARRY/part-$count/"   # travels with the last piece: the device checks the whole set
+# the sums travel with the last piece: the device checks the whole set once it has them
+(cd "$CARRY" && sha256sum part-*/piece > "part-$count/SHA256SUMS")
 
 echo "staged $count pieces in $CARRY ($(du -sh "$CARRY" | cut -f1)); device calls, back to back (a machine stays"
 echo "warm for 30 s between calls):"
