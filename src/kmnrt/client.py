@@ -146,7 +146,8 @@ class ServiceClient:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise ServiceClientError(0, "connection_failed", f"{method} {path}: {exc}") from exc
+            raise ServiceClientError(0, "connection_failed", f"{method} {path}: no answer from {self.http.base_url} "
+                                     f"({exc}); is `kmnrt serve` running there? (--server)") from exc
         if response.status_code >= 400:
             try:
                 error = response.json()["error"]

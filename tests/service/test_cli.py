@@ -53,4 +53,18 @@ def test_client_run_reports_an_unreachable_server(capsys, tmp_path):
     code = main(["client-run", "--server", "http://127.0.0.1:9", "--input", str(tmp_path / "frames"),
                  "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "out")])
     assert code == 2
-    assert "connection_failed" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "connection_failed" in error and "no answer from http://127.0.0.1:9" in error and "kmnrt serve" in error
+
+
+def test_serve_names_a_taken_port_and_an_invalid_one_before_loading_anything(capsys, tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--bundle", str(tmp_path), "--port", str(port)]) == 2
+    assert f"port {port} on 127.0.0.1 is already in use" in capsys.readouterr().err
+    assert main(["serve", "--bundle", str(tmp_path), "--port", "70000"]) == 2
+    assert "port must be between 0 and 65535, got 70000" in capsys.readouterr().err

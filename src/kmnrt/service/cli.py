@@ -82,10 +82,34 @@ def run_serve(args: argparse.Namespace) -> int:
     if settings.bundle is None or not settings.bundle.is_dir():
         raise UserInputError(f"bundle {settings.bundle} is not a folder: pass --bundle (or KMNRT_BUNDLE) with "
                              f"the folder `kmnrt export` wrote")
+    check_can_listen(settings.host, settings.port)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=logging_config(
         settings.log_level), access_log=False, ws_max_size=settings.max_body_bytes,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s))
     return 0
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Bind the address once before anything loads. uvicorn binds only after the app has started (the bundle
+    loaded, the engines warmed up), then logs a taken port and exits; a line up front says it plainly."""
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise UserInputError(f"--host {host}: not an address this machine can bind ({exc.strerror}); give an IP "
+                             f"address of this machine, 127.0.0.1 or 0.0.0.0") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UserInputError(f"port {port} on {host} is already in use: stop whatever listens there or "
+                                     f"choose another --port") from None
+            raise UserInputError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def run_client(args: argparse.Namespace) -> int:

@@ -76,9 +76,11 @@ class ServiceSettings:
             problems.append(f"queue_policy must be one of {QUEUE_POLICIES}, got {self.queue_policy!r}")
         if self.mask_format not in MASK_FORMATS:
             problems.append(f"mask_format must be one of {MASK_FORMATS}, got {self.mask_format!r}")
-        for name in ("queue_depth", "max_batch", "max_frame_pixels", "port"):
-            if getattr(self, name) < (0 if name == "port" else 1):
+        for name in ("queue_depth", "max_batch", "max_frame_pixels"):
+            if getattr(self, name) < 1:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.port <= 65535:
+            problems.append(f"port must be between 0 and 65535, got {self.port}")
         for name in ("memory_budget_mb", "ttl_s", "reap_interval_s", "max_body_mb"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
