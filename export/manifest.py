@@ -100,6 +100,8 @@ def load_manifest(folder: str | os.PathLike, verify: bool = True) -> Manifest:
     """Read ``folder/manifest.json``; with ``verify``, check every listed file's size and sha256."""
     folder = Path(folder)
     path = folder / MANIFEST
+    if folder.is_file():
+        raise BundleError(f"bundle {folder} is a file; a bundle is the folder `kmnrt export --out` writes")
     if not folder.is_dir():
         raise BundleError(f"bundle {folder} does not exist; build one with `kmnrt export ... --out {folder}`")
     if not path.is_file():

@@ -104,6 +104,21 @@ def load_state_into(model: nn.Module, state: dict[str, Tensor], source: str = "c
             expected[key].copy_(tensor)
 
 
+def _unreadable(path: Path, exc: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in terms of what the user can do about it."""
+    with path.open("rb") as file:
+        head = file.read(2)
+    if head[:2] != b"PK" and head[:1] != b"\x80":  # torch.save writes a zip archive (old versions a pickle)
+        return (f"checkpoint {path} is neither a PyTorch checkpoint (a file torch.save wrote) nor a .safetensors "
+                f"file")
+    blocked = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    if blocked:
+        return (f"checkpoint {path} holds a Python object ({blocked.group(1)}) besides tensors; kmnrt does not "
+                f"unpickle objects, since that can run code. Save the model's state dict alone "
+                f"(torch.save(model.state_dict(), 'weights.pth')) and pass that file")
+    return f"checkpoint {path} could not be read (a damaged or truncated file?): {str(exc).splitlines()[0]}"
+
+
 def _safetensors_metadata(path: Path) -> dict[str, str]:
     from safetensors import SafetensorError
     from safetensors.torch import safe_open
@@ -136,8 +151,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], ModelCo
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for foreign or corrupt files
-        raise CheckpointError(f"checkpoint {path} could not be read as a PyTorch state dict "
-                              f"(weights_only=True): {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(_unreadable(path, exc)) from None
     config = None
     if isinstance(raw, dict) and "model" in raw and isinstance(raw["model"], dict):
         config = ModelConfig.from_dict(raw["config"]) if isinstance(raw.get("config"), dict) else None

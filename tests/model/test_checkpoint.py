@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import pickle
 
 import pytest
@@ -142,9 +143,16 @@ def test_pickled_code_is_never_executed(tmp_path, monkeypatch):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as handle:
         pickle.dump({"model": _Payload()}, handle, protocol=2)
-    with pytest.raises(CheckpointError, match="weights_only=True"):
+    with pytest.raises(CheckpointError, match=r"holds a Python object \(exec\) besides tensors"):
         read_checkpoint(path)
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_training_checkpoint_with_objects_says_how_to_save_the_state_dict(tmp_path):
+    path = tmp_path / "run.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "args": argparse.Namespace(lr=1e-5)}, path)
+    with pytest.raises(CheckpointError, match=r"\(argparse.Namespace\).*torch.save\(model.state_dict\(\)"):
+        read_checkpoint(path)
 
 
 def test_missing_and_corrupt_files(tmp_path):
@@ -153,6 +161,12 @@ def test_missing_and_corrupt_files(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="not a readable safetensors"):
         read_checkpoint(tmp_path / "bad.safetensors")
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="neither a PyTorch checkpoint .* nor a .safetensors file"):
+        read_checkpoint(tmp_path / "notes.pth")
+    (tmp_path / "cut.pth").write_bytes(b"PK\x03\x04 the rest lost")
+    with pytest.raises(CheckpointError, match="could not be read \\(a damaged or truncated file\\?\\)"):
+        read_checkpoint(tmp_path / "cut.pth")
 
 
 def test_stm_names_round_trip():

@@ -81,6 +81,8 @@ def test_a_damaged_bundle_is_refused(tiny_bundle, tmp_path):
         Tracker.from_bundle(copy)
     with pytest.raises(BundleError, match="does not exist"):
         Tracker.from_bundle(tmp_path / "missing")
+    with pytest.raises(BundleError, match="is a file; a bundle is the folder"):
+        Tracker.from_bundle(copy / "manifest.json")
 
 
 @pytest.mark.cuda
