@@ -86,7 +86,7 @@ def run_track(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from kmnrt.data import open_frames, write_label_png
+    from kmnrt.data import open_frames, output_folder, write_label_png
     from kmnrt.model.checkpoint import choose_read, choose_short_side, load_model
     from kmnrt.model.config import get_config
     from kmnrt.model.reference import ReferenceTracker, TrackerConfig
@@ -106,6 +106,7 @@ def run_track(args: argparse.Namespace) -> int:
 
     source = open_frames(args.input, max_frames=args.max_frames)
     first_mask, later_masks = read_masks(args.mask, source.names)
+    output_folder(args.out)
     names = source.names
     frames = (frame for _, frame in source)
     started = time.perf_counter()

@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_video(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from kmnrt.data import open_frames, read_label_png, write_label_png
+    from kmnrt.data import open_frames, output_folder, read_label_png, write_label_png
     from kmnrt.runtime.timing import StageTimes
     from kmnrt.runtime.tracker import Tracker
 
@@ -52,9 +52,9 @@ def run_video(args: argparse.Namespace) -> int:
         raise UserInputError(f"--overlay {args.overlay}: write the overlay as an .mp4 file")
     source = open_frames(args.input, max_frames=args.max_frames)
     mask = read_label_png(args.mask)
+    output_folder(args.out)
     tracker = Tracker.from_bundle(args.bundle, backend=args.backend, device=args.device, mem_every=args.mem_every)
     print(f"{tracker.runner.selection}: {tracker.runner.describe()}", file=sys.stderr)
-    args.out.mkdir(parents=True, exist_ok=True)
     overlay = OverlayWriter(args.overlay, source) if args.overlay else None
     times = StageTimes()
     state = tracker.new_state()

@@ -77,6 +77,7 @@ def test_a_corrupt_frame_is_named_and_earlier_masks_stay(tiny_bundle, video_fold
     ("size", "mask size 50x40 differs from the frame size 106x60"),
     ("objects", "5 objects exceed the maximum of 4 objects"),
     ("backend", "unknown backend 'fast'"),
+    ("out", "is a file; give a folder"),
 ])
 def test_run_errors_are_one_line(tiny_bundle, video_folder, tmp_path, capsys, problem, message):
     frames, mask = video_folder
@@ -89,8 +90,10 @@ def test_run_errors_are_one_line(tiny_bundle, video_folder, tmp_path, capsys, pr
     elif problem == "objects":
         for k, row in enumerate(range(0, 15, 5)):
             labels[row:row + 3, :3] = 20 + k
-    else:
+    elif problem == "backend":
         backend = "fast"
+    else:
+        (tmp_path / "out").write_text("a file where the masks should go")
     write_label_png(mask, labels)
     assert run("--bundle", tiny_bundle, "--input", frames, "--mask", mask, "--out", tmp_path / "out",
                "--backend", backend) == 2

@@ -5,7 +5,7 @@ Public API (imported lazily, so ``import kmnrt.data`` does not load numpy, OpenC
 - palette:  ``DAVIS_PALETTE``, ``read_label_png``, ``write_label_png``, ``colorize_labels``
 - frames:   ``read_image``, ``open_frames``, ``FrameSource``, ``ImageFolderSource``, ``VideoFileSource``
 - datasets: ``Sequence``, ``find_sequences``, ``read_annotation``, ``open_sequence_frames``
-- files:    ``atomic_output``
+- files:    ``atomic_output``, ``output_folder``
 """
 
 from __future__ import annotations
@@ -32,12 +32,13 @@ _EXPORTS = {
     "open_sequence_frames": "kmnrt.data.davis",
     "read_annotation": "kmnrt.data.davis",
     "atomic_output": "kmnrt.data.atomic",
+    "output_folder": "kmnrt.data.atomic",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from kmnrt.data.atomic import atomic_output
+    from kmnrt.data.atomic import atomic_output, output_folder
     from kmnrt.data.davis import Sequence, find_sequences, open_sequence_frames, read_annotation
     from kmnrt.data.frames import (
         IMAGE_EXTENSIONS,

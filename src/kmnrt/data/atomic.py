@@ -44,3 +44,17 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         with suppress(OSError):
             tmp.unlink()
         raise
+
+
+def output_folder(path: str | os.PathLike[str], option: str = "--out") -> Path:
+    """Create the folder a command writes into (parents too) and return it; check it first, so that a file in the
+    way or a read-only location is one line naming ``option``, before any work is done."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserInputError(f"{option} {path} is a file; give a folder (it is created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserInputError(f"{option} {path}: cannot create the folder ({exc.strerror or exc}); choose a "
+                             f"writable location") from None
+    return path

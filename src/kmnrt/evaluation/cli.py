@@ -82,9 +82,12 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.pred_root is not None:
             raise UserInputError(f"--bundle runs the tracker and scores its masks; PRED_ROOT ({args.pred_root}) "
                                  "is not used with it: drop one of the two")
+        from kmnrt.data.atomic import output_folder
         from kmnrt.runtime.dataset import run_dataset
         from kmnrt.runtime.tracker import Tracker
 
+        if args.save_masks is not None:
+            output_folder(args.save_masks, "--save-masks")
         tracker = Tracker.from_bundle(args.bundle, backend=args.backend, mem_every=args.mem_every)
         print(tracker.runner.selection, file=sys.stderr)
         predictions = run_dataset(tracker, sequences, out=args.save_masks)

@@ -116,7 +116,7 @@ def run_client(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from kmnrt.client import ServiceClient
-    from kmnrt.data import open_frames, write_label_png
+    from kmnrt.data import open_frames, output_folder, write_label_png
     from kmnrt.model.cli import read_masks
 
     source = open_frames(args.input, args.max_frames)
@@ -126,6 +126,7 @@ def run_client(args: argparse.Namespace) -> int:
     except StopIteration:
         raise UserInputError(f"{args.input} holds no frames") from None
     first_mask, later_masks = read_masks(args.mask, list(source.names))
+    output_folder(args.out)
     with ServiceClient(args.server, token=args.token) as client:
         session = client.create_session(first_frame, first_mask, mask_format=args.mask_format)
         try:
