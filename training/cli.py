@@ -113,6 +113,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="start from these weights: STM_weights.pth (--config paper) or a kmnrt checkpoint")
     parser.add_argument("--resume", type=Path, help="continue from a train_state.pt of an earlier run")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--force", action="store_true",
+                        help="start a new run in an --out that already holds one (its files are replaced)")
     parser.add_argument("--checkpoint-every", type=int, default=500,
                         help="save weights and training state every N iterations (default: 500)")
     parser.add_argument("--average-from", type=int, metavar="ITERATION",
@@ -165,6 +167,7 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig (imported lazi
 
     from kmnrt.errors import UserInputError
     from kmnrt.training.config import WeightAverageConfig, preset
+    from kmnrt.training.loop import STATE_NAME
 
     config = preset(args.config, args.stage, args.out, iterations=args.iterations, batch=args.batch,
                     size=args.size, short_side=args.short_side, clip_frames=args.clip_frames, lr=args.lr,
@@ -200,6 +203,10 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig (imported lazi
         raise UserInputError(f"--data {args.data} is not a folder")
     if args.init is not None and args.resume is not None:
         raise UserInputError("--init and --resume exclude each other: a resumed run continues from its own weights")
+    earlier = args.out / STATE_NAME
+    if args.resume is None and not args.force and earlier.is_file():
+        raise UserInputError(f"--out {args.out} already holds a training run; continue it with --resume {earlier}, "
+                             f"or pass --force to start a new one there (its weights are replaced)")
     return dataclasses.replace(config, optim=optim, hide_and_seek=hide, synthetic=synthetic, skip=skip,
                                average=WeightAverageConfig(args.average_from, args.average_every))
 

@@ -117,6 +117,14 @@ def test_cli_pretrain_then_main_on_generated_videos(tmp_path, capsys):
     assert stored["clip_frames"] == 5 and stored["optim"]["warmup"] == 0
     pretrain = json.loads((tmp_path / "pre" / "train_config.json").read_text())
     assert pretrain["hide_and_seek"]["grid"] == 4 and pretrain["optim"]["warmup"] == 3
+    # a second run into the same folder neither starts over silently nor needs more than --resume or --force
+    weights = (tmp_path / "pre" / "model.safetensors").read_bytes()
+    again = ["train", "--stage", "pretrain", *common, "--hide-grid", "4", "--out", str(tmp_path / "pre")]
+    assert kmnrt_main(again) == 2
+    assert f"--resume {tmp_path / 'pre' / 'train_state.pt'}" in capsys.readouterr().err
+    assert (tmp_path / "pre" / "model.safetensors").read_bytes() == weights
+    assert kmnrt_main([*again, "--force", "--seed", "1"]) == 0
+    assert (tmp_path / "pre" / "model.safetensors").read_bytes() != weights
 
 
 @pytest.mark.parametrize("argv, message", [
