@@ -99,7 +99,11 @@ def test_client_faults_answer_4xx_and_the_server_keeps_serving(make_client, vide
     _error(http.post("/v1/sessions", files={"frame": ("f.png", _png(video.frames[0]))},
                      data={"mask_rle": json.dumps({"size": [60, 100], "objects": [{"id": 1, "counts": "0"}]})}),
            400, "invalid_mask")
-    _error(_create(http, video, mask_format="gif"), 422, "invalid_request")
+    assert _error(_create(http, video, mask_format="gif"), 422, "invalid_request")["message"].startswith(
+        "options: mask_format: ")
+    broken = http.post("/v1/sessions", files={"frame": ("f.png", _png(video.frames[0])),
+                                              "mask": ("m.png", encode_mask_png(video.mask))}, data={"options": "{"})
+    assert _error(broken, 422, "invalid_request")["message"].startswith("options: Invalid JSON")
     # after all that, the session and the server still work, and the answers are the single-session ones
     expected = reference(video)
     for index in range(1, 4):

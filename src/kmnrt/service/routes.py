@@ -79,5 +79,7 @@ def _parse_json(model: type[BaseModel], text: str | None, field: str):
     try:
         return model.model_validate_json(text)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or field}: {e['msg']}" for e in exc.errors())
+        # an error of the whole text (invalid JSON) has no location: the field's name alone says where
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}".removeprefix(": ")
+                             for e in exc.errors())
         raise ServiceError(422, "invalid_request", f"{field}: {problems}") from None
