@@ -24,6 +24,8 @@ affinity size N*T*(h*w)^2*4 bytes. --sessions adds a throughput run (K sessions 
 Without --json the results go to benchmarks/results/<device>-<date>.json with .md and .png next to it."""
 
 BACKEND_HELP = "reference,torch,onnxruntime[,onnxruntime-cuda,tensorrt]"
+DEFAULT_MEMORY = (1, 5, 10, 20)
+DEFAULT_OBJECTS = (1, 3)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,9 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--bundle", type=Path, metavar="DIR", help="the bundle (engines/NAME) to benchmark")
     parser.add_argument("--backends", default="reference,torch,onnxruntime", metavar="LIST",
                         help=f"comma-separated: {BACKEND_HELP} (default: %(default)s)")
-    parser.add_argument("--memory", default="1,5,10,20", metavar="T,..",
-                        help="memory sizes T, frames per read (default: %(default)s)")
-    parser.add_argument("--objects", default="1,3", metavar="N,..", help="object counts (default: %(default)s)")
+    parser.add_argument("--memory", metavar="T,..", help="memory sizes T, frames per read (default: 1,5,10,20 "
+                        "within the bundle's max_memory, and max_memory itself when it is smaller than 20)")
+    parser.add_argument("--objects", metavar="N,..", help="object counts (default: 1,3 within the bundle's "
+                        "max_objects)")
     parser.add_argument("--frames", type=int, default=50, help="timed frames per configuration (default: 50)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed frames before them (default: 5)")
     parser.add_argument("--input", type=Path, metavar="VIDEO|FRAMES_DIR|SEQUENCE",
@@ -126,7 +129,7 @@ def options_from_args(args: argparse.Namespace):
         point = parse_ints(args.throughput_at, "--throughput-at")
         if len(point) != 2:
             raise UserInputError(f"--throughput-at {args.throughput_at}: give N,T (two numbers)")
-    memory, objects = parse_ints(args.memory, "--memory"), parse_ints(args.objects, "--objects")
+    memory, objects = bundle_sizes(args)
     if not memory or not objects:
         raise UserInputError("--memory and --objects each need at least one value")
     return BenchOptions(
@@ -134,13 +137,33 @@ def options_from_args(args: argparse.Namespace):
         frames=args.frames, warmup=args.warmup, input=args.input, device=args.device,
         sessions=parse_ints(args.sessions, "--sessions"), throughput_point=point, video_length=args.video_length,
         read_probe=not args.no_read_probe, isolate=not args.in_process, progress=not args.no_progress,
-        command=effective_command(args))
+        command=effective_command(args, memory, objects))
 
 
-def effective_command(args: argparse.Namespace) -> str:
+def bundle_sizes(args: argparse.Namespace) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """--memory and --objects as given, or the defaults the bundle can run: a bundle exported for 16 memory
+    frames is benchmarked at 1, 5, 10 and 16, not refused for the default's 20."""
+    memory = parse_ints(args.memory, "--memory") if args.memory is not None else None
+    objects = parse_ints(args.objects, "--objects") if args.objects is not None else None
+    if memory is None or objects is None:
+        from kmnrt.export.manifest import load_manifest
+
+        manifest = load_manifest(args.bundle, verify=False)  # the run verifies the files; here only the limits
+        memory = memory if memory is not None else _within(DEFAULT_MEMORY, manifest.max_memory)
+        objects = objects if objects is not None else _within(DEFAULT_OBJECTS, manifest.max_objects)
+    return memory, objects
+
+
+def _within(defaults: tuple[int, ...], limit: int) -> tuple[int, ...]:
+    kept = tuple(value for value in defaults if value <= limit)
+    return kept if limit >= defaults[-1] else (*kept, limit)
+
+
+def effective_command(args: argparse.Namespace, memory: tuple[int, ...], objects: tuple[int, ...]) -> str:
     """The command with every setting spelled out (defaults included), to reproduce the run."""
-    words = ["kmnrt", "bench", "--bundle", str(args.bundle), "--backends", args.backends, "--memory", args.memory,
-             "--objects", args.objects, "--frames", str(args.frames), "--warmup", str(args.warmup)]
+    words = ["kmnrt", "bench", "--bundle", str(args.bundle), "--backends", args.backends,
+             "--memory", ",".join(map(str, memory)), "--objects", ",".join(map(str, objects)),
+             "--frames", str(args.frames), "--warmup", str(args.warmup)]
     for flag, value in (("--input", args.input), ("--device", args.device), ("--sessions", args.sessions),
                         ("--throughput-at", args.throughput_at), ("--video-length", args.video_length),
                         ("--json", args.json)):

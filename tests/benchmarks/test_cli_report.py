@@ -85,3 +85,14 @@ def test_missing_bundle_and_bad_report(tmp_path: Path, capsys: pytest.CaptureFix
     other.write_text(json.dumps({"schema": "something-else"}))
     assert "not a kmnrt benchmark result" in _error(capsys, ["bench", "--report", str(other)])
     assert "do not exist" in _error(capsys, ["bench", "--report", str(tmp_path / "missing.json")])
+
+
+def test_default_sizes_fit_the_bundle_and_the_command_spells_them_out(tiny_bundle: Path) -> None:
+    from kmnrt.benchmarks.cli import options_from_args
+    from kmnrt.cli import build_parser
+
+    options = options_from_args(build_parser().parse_args(["bench", "--bundle", str(tiny_bundle)]))
+    assert options.memory == (1, 5, 8) and options.objects == (1, 3)  # the tiny bundle: max_memory 8, 4 objects
+    assert "--memory 1,5,8 --objects 1,3" in options.command
+    given = build_parser().parse_args(["bench", "--bundle", str(tiny_bundle), "--memory", "2", "--objects", "4"])
+    assert (options_from_args(given).memory, options_from_args(given).objects) == ((2,), (4,))
