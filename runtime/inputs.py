@@ -18,8 +18,11 @@ def frame_as_rgb(frame: np.ndarray | Tensor, where: str) -> np.ndarray | Tensor:
         frame = np.asarray(frame)
     dtype_ok = frame.dtype == (torch.uint8 if isinstance(frame, Tensor) else np.uint8)
     if not dtype_ok:
+        floating = frame.is_floating_point() if isinstance(frame, Tensor) else np.issubdtype(frame.dtype, np.floating)
+        hint = ("(frame * 255).round().astype(np.uint8) for floats in [0, 1]" if floating else
+                "frame.astype(np.uint8) for whole numbers in 0..255")
         raise UserInputError(f"{where}: frames must be uint8 RGB (0..255), got dtype {frame.dtype}; convert it, "
-                             f"e.g. (frame * 255).round().astype(np.uint8) for floats in [0, 1]")
+                             f"e.g. {hint}")
     if frame.ndim == 2:
         frame = frame[..., None]
     if frame.ndim != 3 or frame.shape[2] not in (1, 3, 4):
