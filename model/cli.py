@@ -113,10 +113,15 @@ def run_track(args: argparse.Namespace) -> int:
     count = 0
     progress = tqdm(total=len(source), desc="tracking", unit="frame", file=sys.stderr, disable=None)
     with progress:
-        for result in tracker.track(frames, first_mask, later_masks):
-            write_label_png(args.out / f"{names[result.index]}.png", result.labels)
-            count += 1
-            progress.update(1)
+        try:
+            for result in tracker.track(frames, first_mask, later_masks):
+                write_label_png(args.out / f"{names[result.index]}.png", result.labels)
+                count += 1
+                progress.update(1)
+        except UserInputError as exc:
+            if count:  # a bad frame part-way: say that the masks before it are kept, as `kmnrt run` does
+                raise UserInputError(f"{exc}; the {count} masks before it are in {args.out}") from None
+            raise
     elapsed = time.perf_counter() - started
     print(f"tracked {len(result.object_ids)} object(s) {result.object_ids} over {count} frames in {elapsed:.1f} s "
           f"({count / elapsed:.2f} fps, {config.name}, {read.kind} read, sigma {read.sigma:g}, "

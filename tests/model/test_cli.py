@@ -103,7 +103,8 @@ def bad_input_cases(tmp_path, shared_vos):
         "empty frame folder": (["--input", tmp_path / "empty", "--mask", mask], str(tmp_path / "empty")),
         "mask of another size": (["--input", frames, "--mask", tmp_path / "small.png"], "differs from the frame size"),
         "first mask without object": (["--input", frames, "--mask", tmp_path / "blank.png"], "no object"),
-        "unreadable image": (["--input", broken, "--mask", mask], "00001.jpg"),
+        "unreadable image": (["--input", broken, "--mask", mask], "00001.jpg: the file is empty, damaged or not an "
+                             "image; replace it or remove it from the folder; the 1 masks before it are in"),
         "checkpoint of another architecture": (["--input", frames, "--mask", mask, "--checkpoint", other],
                                                "does not fit the tiny model"),
         "missing mask": (["--input", frames, "--mask", tmp_path / "nope.png"], "nope.png"),
