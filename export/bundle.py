@@ -134,11 +134,12 @@ def validate_options(options: ExportOptions) -> None:
         raise UserInputError(f"checkpoint {options.checkpoint} does not exist")
     out = Path(options.out)
     if out.exists():
-        if not options.force:
-            raise UserInputError(f"output folder {out} already exists; pass --force to replace it")
+        # checked first, so that a folder --force would refuse is never answered with "pass --force"
         if not out.is_dir() or not ((out / "manifest.json").is_file() or not any(out.iterdir())):
             raise UserInputError(f"{out} exists and is not a kmnrt bundle; --force only replaces bundles "
                                  f"(choose another --out)")
+        if not options.force:
+            raise UserInputError(f"output folder {out} already exists; pass --force to replace it")
 
 
 def load_export_model(options: ExportOptions):

@@ -107,12 +107,14 @@ def test_existing_output_is_refused_unless_forced_and_only_bundles_are_replaced(
     occupied = tmp_path / "notes"
     occupied.mkdir()
     (occupied / "todo.txt").write_text("mine")
-    options = ExportOptions("tiny", occupied, height=64, width=112, max_memory=2, verify=False)
-    with pytest.raises(UserInputError, match="already exists; pass --force"):
-        export_bundle(options, progress=False)
-    with pytest.raises(UserInputError, match="is not a kmnrt bundle; --force only replaces bundles"):
-        export_bundle(ExportOptions("tiny", occupied, height=64, width=112, force=True), progress=False)
+    for force in (False, True):  # never "pass --force" for a folder that --force would refuse too
+        with pytest.raises(UserInputError, match="is not a kmnrt bundle; --force only replaces bundles"):
+            export_bundle(ExportOptions("tiny", occupied, height=64, width=112, force=force), progress=False)
     assert (occupied / "todo.txt").read_text() == "mine"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserInputError, match="already exists; pass --force"):
+        export_bundle(ExportOptions("tiny", empty, height=64, width=112, verify=False), progress=False)
 
 
 def test_force_replaces_a_bundle(tmp_path: Path):
