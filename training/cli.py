@@ -73,6 +73,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--hard-pixels", type=float, default=1.0,
                         help="average the loss over this fraction of the pixels with the highest loss "
                         "(bootstrapped cross-entropy, as STCN; default: 1 = plain cross-entropy, the paper)")
+    parser.add_argument("--hard-pixels-ramp", metavar="START,END",
+                        help="plain cross-entropy until iteration START, then the fraction falls linearly to "
+                        "--hard-pixels at END (STCN's schedule); default: --hard-pixels from the start")
     parser.add_argument("--read-loss", type=float, default=0.0,
                         help="weight of an auxiliary loss on the memory read's attention (it must carry the "
                         "memory masks, pooled to the key grid, onto the query frame's); default 0 (paper)")
@@ -181,6 +184,7 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig (imported lazi
                     calibrated_init=args.calibrated_init)
     optim = dataclasses.replace(config.optim, poly_power=None if args.constant_lr else config.optim.poly_power,
                                 grad_clip=args.grad_clip, hard_pixel_fraction=args.hard_pixels,
+                                hard_pixel_ramp=_iteration_pair(args.hard_pixels_ramp, "--hard-pixels-ramp"),
                                 read_loss_weight=args.read_loss, dice_loss_weight=args.dice_loss,
                                 warmup=args.warmup)
     hide = dataclasses.replace(config.hide_and_seek, enabled=not args.no_hide_and_seek,
@@ -222,3 +226,16 @@ def run_train(args: argparse.Namespace) -> int:
     if result.averaged is not None:
         print(result.averaged)
     return 0
+
+
+def _iteration_pair(text: str | None, option: str) -> tuple[int, int] | None:
+    """'1000,3500' -> (1000, 3500); None stays None."""
+    if text is None:
+        return None
+    from kmnrt.errors import UserInputError
+
+    try:
+        start, end = (int(part) for part in text.split(","))
+    except ValueError:
+        raise UserInputError(f"{option} {text}: give two iterations START,END, e.g. 1000,3500") from None
+    return start, end

@@ -72,6 +72,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     grad_clip: float | None = None  # max global gradient norm; None = no clipping
     hard_pixel_fraction: float = 1.0  # < 1: bootstrapped cross-entropy over the hardest pixels (STCN); 1 = paper
+    hard_pixel_ramp: tuple[int, int] | None = None  # (a, b): all pixels until a, then linearly to the fraction at b
     read_loss_weight: float = 0.0  # > 0: auxiliary loss on the attention reading the pooled masks (step.py)
     dice_loss_weight: float = 0.0  # > 0: soft Dice loss per object added to the cross-entropy (step.py)
     warmup: int = 0  # iterations of linear lr ramp-up from lr/warmup (training/loop.py: learning_rate)
@@ -153,6 +154,10 @@ class TrainConfig:
             raise UserInputError(f"--dice-loss must be 0 or more, got {self.optim.dice_loss_weight}")
         if not 0 < self.optim.hard_pixel_fraction <= 1:
             raise UserInputError(f"--hard-pixels must be in (0, 1], got {self.optim.hard_pixel_fraction}")
+        ramp = self.optim.hard_pixel_ramp
+        if ramp is not None and not (len(ramp) == 2 and 0 <= ramp[0] < ramp[1] <= self.iterations):
+            raise UserInputError(f"--hard-pixels-ramp must be two iterations START,END with 0 <= START < END <= "
+                                 f"{self.iterations}, got {','.join(map(str, ramp))}")
         if self.average.start is not None and not 1 <= self.average.start <= self.iterations:
             raise UserInputError(f"--average-from must be an iteration of the stage, 1 to {self.iterations}, "
                                  f"got {self.average.start}")

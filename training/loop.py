@@ -71,6 +71,19 @@ def learning_rate(config: TrainConfig, iteration: int) -> float:
     return lr * (iteration + 1) / warmup if iteration < warmup else lr
 
 
+def hard_pixel_fraction(config: TrainConfig, iteration: int) -> float:
+    """The fraction of pixels the loss averages at ``iteration``: ``--hard-pixels`` throughout, or with
+    ``--hard-pixels-ramp A,B`` every pixel until A, then falling linearly to ``--hard-pixels`` at B (STCN anneals
+    its bootstrapped cross-entropy from all pixels to the hardest 15 %: plain cross-entropy learns faster from
+    scratch, the hard pixels end better)."""
+    target, ramp = config.optim.hard_pixel_fraction, config.optim.hard_pixel_ramp
+    if ramp is None:
+        return target
+    start, end = ramp
+    progress = min(max((iteration - start) / (end - start), 0.0), 1.0)
+    return 1.0 + (target - 1.0) * progress
+
+
 def build_dataset(config: TrainConfig) -> StaticClips | VideoClips:
     if config.stage == "main":
         if config.data is None:
@@ -242,7 +255,10 @@ def train(config: TrainConfig, progress: bool = True, bar_position: int | None =
         lr = learning_rate(config, iteration)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        losses.append(train_step(model, optimizer, clips, device, config.optim, scaler, tied))
+        optim = config.optim
+        if optim.hard_pixel_ramp is not None:
+            optim = dataclasses.replace(optim, hard_pixel_fraction=hard_pixel_fraction(config, iteration))
+        losses.append(train_step(model, optimizer, clips, device, optim, scaler, tied))
         recent = losses[-50:]
         bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{lr:.2e}", refresh=False)
         bar.update(1)

@@ -14,7 +14,7 @@ from kmnrt.model.checkpoint import load_model, read_checkpoint
 from kmnrt.model.config import get_config
 from kmnrt.model.kmn import build_model
 from kmnrt.training.config import HideAndSeekConfig, OptimConfig, preset
-from kmnrt.training.loop import learning_rate, train
+from kmnrt.training.loop import hard_pixel_fraction, learning_rate, train
 
 
 def _schedule_free(config):
@@ -87,6 +87,27 @@ def test_warmup_ramps_the_learning_rate_up_then_hands_over_to_the_schedule():
     assert [learning_rate(warm, i) for i in (10, 50, 99)] == [learning_rate(config, i) for i in (10, 50, 99)]
 
 
+def test_hard_pixel_ramp_goes_from_every_pixel_to_the_fraction():
+    config = preset("tiny", "main", "unused", iterations=100)
+    fixed = dataclasses.replace(config, optim=dataclasses.replace(config.optim, hard_pixel_fraction=0.25))
+    assert [hard_pixel_fraction(fixed, i) for i in (0, 50, 99)] == [0.25] * 3
+    ramped = dataclasses.replace(fixed, optim=dataclasses.replace(fixed.optim, hard_pixel_ramp=(10, 40)))
+    assert [hard_pixel_fraction(ramped, i) for i in (0, 10, 25, 40, 99)] == pytest.approx([1, 1, 0.625, 0.25, 0.25])
+    with pytest.raises(UserInputError, match="--hard-pixels-ramp must be two iterations START,END"):
+        dataclasses.replace(fixed, optim=dataclasses.replace(fixed.optim, hard_pixel_ramp=(40, 10)))
+
+
+def test_the_loop_trains_with_the_ramped_fraction(small_config, tmp_path):
+    plain = _schedule_free(dataclasses.replace(small_config, out=tmp_path / "plain", iterations=2))
+    ramp = dataclasses.replace(plain.optim, hard_pixel_fraction=0.25, hard_pixel_ramp=(0, 1))
+    ramped = train(dataclasses.replace(plain, out=tmp_path / "ramped", optim=ramp), progress=False)
+    reference = train(plain, progress=False)
+    # iteration 0 averages every pixel in both runs, so both take the same step; iteration 1 of the ramped run
+    # averages only the hardest quarter of the same pixels, which weigh more than their mean
+    assert ramped.losses[0] == reference.losses[0]
+    assert ramped.losses[1] > reference.losses[1]
+
+
 def test_warmup_shrinks_adams_first_step(small_config):
     """Adam's first step moves every weight by about lr whatever the gradient's size: the warm-up's point."""
     start = build_model(get_config(small_config.model), seed=small_config.seed).state_dict()  # the run's own
@@ -137,6 +158,8 @@ def test_cli_pretrain_then_main_on_generated_videos(tmp_path, capsys):
     (["--clip-frames", "1"], "--clip-frames"),
     (["--seed", "-1"], "--seed"),
     (["--train-batchnorm-until", "1"], "--train-batchnorm-until must be an iteration"),
+    (["--hard-pixels-ramp", "5"], "--hard-pixels-ramp 5: give two iterations START,END"),
+    (["--hard-pixels-ramp", "0,5"], "--hard-pixels-ramp must be two iterations START,END with 0 <= START < END <= 1"),
     (["--data", "/nonexistent/kmnrt"], "is not a folder"),
 ])
 def test_cli_user_errors_are_one_line(tmp_path, capsys, argv, message):
