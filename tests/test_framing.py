@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from kmnrt.framing import Framing
+from kmnrt.framing import Framing, frame_to_tensor, one_hot_probs
 
 
 def test_scaled_without_a_short_side_is_the_padded_reference_protocol():
@@ -31,3 +32,15 @@ def test_scaled_planes_go_in_and_come_back_at_the_frame_size():
     back = framing.to_frame(network)
     assert back.shape == (2, 37, 50)
     assert float((back - ramp)[:, :, 1:-1].abs().max()) < 0.02  # bilinear there and back keeps a linear ramp
+
+
+def test_flipped_and_read_only_arrays_become_tensors():
+    """OpenCV users write frame[..., ::-1] for RGB (negative strides); PIL arrays are read-only."""
+    bgr = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    rgb = np.ascontiguousarray(bgr[..., ::-1])
+    assert torch.equal(frame_to_tensor(bgr[..., ::-1]), frame_to_tensor(rgb))
+    read_only = rgb.copy()
+    read_only.flags.writeable = False
+    assert torch.equal(frame_to_tensor(read_only), frame_to_tensor(rgb))
+    labels = np.array([[0, 1, 2], [2, 1, 0]], np.uint8)
+    assert torch.equal(one_hot_probs(labels[:, ::-1], [1, 2]), one_hot_probs(labels[:, ::-1].copy(), [1, 2]))

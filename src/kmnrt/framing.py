@@ -98,7 +98,7 @@ class Framing:
 
 def frame_to_tensor(frame: np.ndarray | Tensor, device: torch.device | str = "cpu") -> Tensor:
     """HWC uint8 RGB (numpy or torch, any device) -> [3, H, W] float32 in [0, 1] on ``device``."""
-    tensor = frame if isinstance(frame, Tensor) else torch.from_numpy(_writable(frame))
+    tensor = frame if isinstance(frame, Tensor) else torch.from_numpy(_torch_ready(frame))
     tensor = tensor.to(device)
     return tensor.permute(2, 0, 1).to(torch.float32).div_(255.0)
 
@@ -106,7 +106,7 @@ def frame_to_tensor(frame: np.ndarray | Tensor, device: torch.device | str = "cp
 def one_hot_probs(labels: np.ndarray | Tensor, object_ids: list[int], device: torch.device | str = "cpu") -> Tensor:
     """An index mask [H, W] and the tracked ids -> probabilities [N+1, H, W] (background first); ids not in
     ``object_ids`` count as background."""
-    labels = (labels if isinstance(labels, Tensor) else torch.from_numpy(_writable(np.asarray(labels)))).to(device)
+    labels = (labels if isinstance(labels, Tensor) else torch.from_numpy(_torch_ready(np.asarray(labels)))).to(device)
     planes = [labels == obj for obj in object_ids]
     foreground = (torch.stack(planes).to(torch.float32) if planes
                   else labels.new_zeros((0, *labels.shape), dtype=torch.float32))
@@ -114,6 +114,9 @@ def one_hot_probs(labels: np.ndarray | Tensor, object_ids: list[int], device: to
     return torch.cat([background, foreground])
 
 
-def _writable(array: np.ndarray) -> np.ndarray:
-    """torch.from_numpy refuses (warns on) read-only arrays, e.g. PIL's; copy only those."""
-    return array if array.flags.writeable else array.copy()
+def _torch_ready(array: np.ndarray) -> np.ndarray:
+    """torch.from_numpy refuses arrays with negative strides (OpenCV's BGR flipped to RGB, ``frame[..., ::-1]``)
+    and warns on read-only ones (PIL's); copy only those."""
+    if array.flags.writeable and all(stride >= 0 for stride in array.strides):
+        return array
+    return array.copy()
