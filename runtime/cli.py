@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "run",
         help="segment a video with an exported engine bundle (ONNX Runtime / TensorRT / PyTorch)",
-        description="Track the objects of a first-frame mask through a video with a bundle from `kmnrt export`. "
+        description="Track the objects of a first-frame mask (and of later masks, for objects that appear later) "
+        "through a video with a bundle from `kmnrt export`. "
         "Writes one indexed DAVIS-palette PNG per frame (named like the frames, at their size, with the mask's "
         "label ids), optionally an overlay video, and prints the median time of each stage and the frame rate. "
         "Frames of another size than the bundle's are resized to fit it (aspect ratio kept), padded, and the "
@@ -28,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--bundle", type=Path, required=True, help="the bundle folder (engines/NAME)")
     parser.add_argument("--input", type=Path, required=True, help="a video file or a folder of frames")
-    parser.add_argument("--mask", type=Path, required=True, help="the first frame's index mask (PNG)")
+    parser.add_argument("--mask", type=Path, required=True,
+                        help="the first frame's index mask (PNG), or a folder of mask PNGs named like the frames "
+                        "(later ones add the objects that first appear there, as DAVIS 2017 annotates them)")
     parser.add_argument("--out", type=Path, required=True, help="output folder for the PNG masks")
     parser.add_argument("--backend", default="auto",
                         help="auto (TensorRT, then ONNX Runtime CUDA, then CPU), torch, onnxruntime, "
@@ -44,14 +47,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_video(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from kmnrt.data import open_frames, output_folder, read_label_png, write_label_png
+    from kmnrt.data import open_frames, output_folder, write_label_png
+    from kmnrt.model.cli import read_masks
     from kmnrt.runtime.timing import StageTimes
     from kmnrt.runtime.tracker import Tracker
 
     if args.overlay is not None and args.overlay.suffix.lower() != ".mp4":
         raise UserInputError(f"--overlay {args.overlay}: write the overlay as an .mp4 file")
     source = open_frames(args.input, max_frames=args.max_frames)
-    mask = read_label_png(args.mask)
+    first_mask, later_masks = read_masks(args.mask, list(source.names))
+    masks = {0: first_mask, **later_masks}
     output_folder(args.out)
     tracker = Tracker.from_bundle(args.bundle, backend=args.backend, device=args.device, mem_every=args.mem_every)
     print(f"{tracker.runner.selection}: {tracker.runner.describe()}", file=sys.stderr)
@@ -69,10 +74,11 @@ def run_video(args: argparse.Namespace) -> int:
                 except UserInputError as exc:
                     raise UserInputError(f"frame {index} of {args.input}: {exc}; the {written} masks before it "
                                          f"are in {args.out}") from None
-                if index == 0:
-                    result = tracker.add_objects(state, frame, mask, keep_probs=False)
+                if index in masks:
+                    result = tracker.add_objects(state, frame, masks[index], keep_probs=False)
                 else:
                     result = tracker.step(state, frame, keep_probs=False)
+                if index > 0:
                     times.add(result.times)
                 write_label_png(args.out / f"{name}.png", result.mask)
                 written += 1

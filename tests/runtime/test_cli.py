@@ -47,6 +47,29 @@ def test_run_writes_masks_overlay_and_timings(tiny_bundle, video_folder, tmp_pat
     assert "backend onnxruntime" in captured.err
 
 
+def test_a_mask_folder_adds_the_objects_of_later_masks_as_the_session_api_does(tiny_bundle, video_folder, tmp_path):
+    from kmnrt.runtime.tracker import Tracker
+
+    frames, mask = video_folder
+    first = read_label_png(mask)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    write_label_png(masks / "00000.png", np.where(first == 7, 0, first))  # object 7 first appears in frame 3
+    write_label_png(masks / "00003.png", first)
+    out = tmp_path / "out"
+    assert run("--bundle", tiny_bundle, "--input", frames, "--mask", masks, "--out", out,
+               "--backend", "onnxruntime") == 0
+    written = [read_label_png(out / f"{i:05d}.png") for i in range(FRAMES)]
+    assert all(7 not in np.unique(labels) for labels in written[:3])
+    assert np.array_equal(written[3] == 7, first == 7)  # the given pixels of the new object
+    with Tracker.from_bundle(tiny_bundle, backend="onnxruntime") as tracker:
+        state = tracker.start(cv2.imread(str(frames / "00000.png"))[..., ::-1], read_label_png(masks / "00000.png"))
+        for index in range(1, FRAMES):
+            frame = cv2.imread(str(frames / f"{index:05d}.png"))[..., ::-1]
+            result = (tracker.add_objects(state, frame, first) if index == 3 else tracker.step(state, frame))
+            assert np.array_equal(result.mask, written[index]), index
+
+
 def test_run_on_a_video_file_of_another_size(tiny_bundle, bmx_small, tmp_path):
     """A 120x212 mp4 with a 64x112 bundle: masks come back at the video's size."""
     video = tmp_path / "clip.mp4"
