@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from kmnrt.errors import KmnrtError
+from kmnrt.errors import KmnrtError, UserInputError
 
 
 class ServiceClientError(KmnrtError):
@@ -68,6 +68,8 @@ class ServiceClient:
         token = token if token is not None else os.environ.get("KMNRT_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._owned = http is None
+        if http is None:
+            check_service_url(base_url)
         self.http = http if http is not None else httpx.Client(base_url=base_url, timeout=timeout_s)
         self.http.headers.update(headers)
 
@@ -155,6 +157,22 @@ class ServiceClient:
             except (ValueError, KeyError, TypeError):
                 raise ServiceClientError(response.status_code, "http_error", response.text[:200]) from None
         return response.json() if response.content else None
+
+
+def check_service_url(url: str) -> None:
+    """A service URL needs its scheme and a host: ``localhost:8000`` alone would be read as the scheme
+    ``localhost``, and a malformed one would otherwise surface as httpx's traceback at the first request."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is what finds a bad one
+    except ValueError as exc:
+        raise UserInputError(f"service URL {url!r} is malformed ({exc}); give one like http://127.0.0.1:8000") \
+            from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        example = f"http://{url}" if "://" not in url and url else "http://127.0.0.1:8000"
+        raise UserInputError(f"service URL {url!r} needs http:// or https:// and a host, e.g. {example}")
 
 
 def _answer(body: dict) -> FrameAnswer:

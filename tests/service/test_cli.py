@@ -6,7 +6,11 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from kmnrt.cli import main
+from kmnrt.client import ServiceClient
+from kmnrt.errors import UserInputError
 from kmnrt.service.schemas import websocket_json_schema
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "service.md"
@@ -68,3 +72,12 @@ def test_serve_names_a_taken_port_and_an_invalid_one_before_loading_anything(cap
     assert f"port {port} on 127.0.0.1 is already in use" in capsys.readouterr().err
     assert main(["serve", "--bundle", str(tmp_path), "--port", "70000"]) == 2
     assert "port must be between 0 and 65535, got 70000" in capsys.readouterr().err
+
+
+def test_a_service_url_without_scheme_or_with_a_bad_port_is_named():
+    with pytest.raises(UserInputError, match=r"'localhost:8000' needs http:// or https:// .* e\.g\. http://localhost"):
+        ServiceClient("localhost:8000")
+    for url, reason in (("http://[::1", "Invalid IPv6 URL"), ("http://h:99999", "Port out of range")):
+        with pytest.raises(UserInputError, match=f"malformed \\({re.escape(reason)}"):
+            ServiceClient(url)
+    ServiceClient("https://example.org:8443/base").close()  # a good one opens nothing yet
