@@ -81,3 +81,39 @@ def test_a_service_url_without_scheme_or_with_a_bad_port_is_named():
         with pytest.raises(UserInputError, match=f"malformed \\({re.escape(reason)}"):
             ServiceClient(url)
     ServiceClient("https://example.org:8443/base").close()  # a good one opens nothing yet
+
+
+def test_kmnrt_serve_as_a_process_serves_and_stops_cleanly_on_sigterm(tiny_bundle, videos, reference, tmp_path):
+    """The command itself, not an app in a thread: bundle loaded up front, JSON logs, a session, a clean stop."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen([sys.executable, "-m", "kmnrt", "serve", "--bundle", str(tiny_bundle), "--backend",
+                               "onnxruntime", "--port", str(port)], stderr=log)
+    try:
+        with ServiceClient(f"http://127.0.0.1:{port}") as client:
+            client.wait_ready(timeout_s=60)
+            video = videos(seed=3, length=4)
+            session = client.create_session(video.frames[0], video.mask)
+            answer = client.send_frame(session.session_id, 1, video.frames[1])
+            assert np.array_equal(answer.labels, reference(video)[1])
+        server.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal so that the exit reads as SIGTERM's
+        assert server.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        server.kill()
+        log.close()
+    entries = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines()]
+    assert {"loaded", "ready", "session_created"} <= {entry.get("event") for entry in entries}
+    closed = [entry for entry in entries if entry.get("event") == "session_closed"]
+    assert [(entry["session"], entry["reason"]) for entry in closed] == [(session.session_id, "server_shutdown")]
+    assert "Application shutdown complete." in [entry["message"] for entry in entries]
+    assert [entry["drained"] for entry in entries if entry.get("event") == "stopped"] == [True]

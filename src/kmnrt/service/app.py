@@ -174,6 +174,9 @@ def create_app(settings: ServiceSettings, tracker: Tracker | None = None) -> Fas
             for session in registry.open_sessions():
                 fail_jobs(registry.close(session, CloseReason.SHUTDOWN),
                           ServiceError(503, "shutting_down", "the server shut down before this frame ran"))
+                metrics.sessions_closed.labels(CloseReason.SHUTDOWN).inc()
+                log.info("session closed", extra={"event": "session_closed", "session": session.id,
+                                                  "reason": CloseReason.SHUTDOWN})
             if owned:
                 active.close()
             log.info("service stopped", extra={"event": "stopped", "drained": drained})

@@ -74,7 +74,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return 0
     import uvicorn
 
-    from kmnrt.service.app import create_app
+    from kmnrt.service.app import capacity, create_app, largest_batch, load_tracker
     from kmnrt.service.logs import logging_config
     from kmnrt.service.settings import load_settings
 
@@ -83,9 +83,16 @@ def run_serve(args: argparse.Namespace) -> int:
         raise UserInputError(f"bundle {settings.bundle} is not a folder: pass --bundle (or KMNRT_BUNDLE) with "
                              f"the folder `kmnrt export` wrote")
     check_can_listen(settings.host, settings.port)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=logging_config(
-        settings.log_level), access_log=False, ws_max_size=settings.max_body_bytes,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s))
+    # Loaded here, not in the app's start-up: a bundle, backend or memory budget that cannot serve is then one
+    # `error:` line, where uvicorn would log a traceback and exit 3.
+    tracker = load_tracker(settings)
+    try:
+        capacity(settings, tracker.session_bytes(), tracker.batch_bytes(largest_batch(settings)))
+        uvicorn.run(create_app(settings, tracker), host=settings.host, port=settings.port,
+                    log_config=logging_config(settings.log_level), access_log=False,
+                    ws_max_size=settings.max_body_bytes, timeout_graceful_shutdown=int(settings.shutdown_grace_s))
+    finally:
+        tracker.close()
     return 0
 
 
