@@ -102,10 +102,14 @@ def run_bench(args: argparse.Namespace) -> int:
     from kmnrt.benchmarks.environment import device_name, gpu_info
     from kmnrt.benchmarks.report import latency_table
     from kmnrt.benchmarks.suite import run_benchmark
-    from kmnrt.data.atomic import atomic_output
+    from kmnrt.data.atomic import atomic_output, output_folder
 
     options = options_from_args(args)
     json_path, markdown, plot = default_paths(args, device_name(gpu_info()))
+    for option, path in (("--json", json_path), ("--markdown", markdown), ("--plot", plot)):
+        if path.is_dir():  # found now, not at the first save after a measurement
+            raise UserInputError(f"{option} {path} is a folder; give a file name")
+        output_folder(path.parent, option)
 
     def save(document: dict) -> None:
         with atomic_output(json_path) as tmp:

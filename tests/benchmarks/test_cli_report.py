@@ -68,6 +68,7 @@ def _error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
     (["--throughput-at", "1"], "give N,T"),
     (["--device", "tpu"], "--device tpu"),
     (["--input", "/nonexistent/video.mp4"], "/nonexistent/video.mp4 does not exist"),
+    (["--plot", "."], "--plot . is a folder; give a file name"),
 ])
 def test_bad_arguments_are_clear_errors(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                         extra: list[str], message: str) -> None:
