@@ -89,8 +89,9 @@ def _measure(run, device: torch.device, backend: str, objects: int, memory: int,
         free, total = torch.cuda.mem_get_info(device)
         record.update(peak_bytes=peak, measured_by="torch.cuda.max_memory_allocated", device_used=total - free)
     else:
-        before = rss_bytes()
-        if before is None or not reset_peak_rss():
+        # Reset first, then read the baseline: the other way round, memory freed between the two readings put the
+        # high-water mark under the baseline, and a read that allocates little measured a negative peak.
+        if not reset_peak_rss() or (before := rss_bytes()) is None:
             record.update(peak_bytes=None, measured_by="unavailable (needs Linux /proc/self/clear_refs)")
             return record
         for _ in range(RUNS):
