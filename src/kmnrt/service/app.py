@@ -27,7 +27,8 @@ from kmnrt.service.metrics import ServiceMetrics
 from kmnrt.service.schemas import ErrorBody, Health
 from kmnrt.service.sessions import CloseReason, SessionRegistry
 from kmnrt.service.settings import ServiceSettings
-from kmnrt.service.worker import DeviceWorker, fail_jobs
+from kmnrt.service.ops import record_close
+from kmnrt.service.worker import DeviceWorker
 
 if TYPE_CHECKING:
     from kmnrt.runtime.tracker import Tracker
@@ -172,11 +173,8 @@ def create_app(settings: ServiceSettings, tracker: Tracker | None = None) -> Fas
             reaper.cancel()
             drained = await asyncio.to_thread(worker.stop, settings.shutdown_grace_s)
             for session in registry.open_sessions():
-                fail_jobs(registry.close(session, CloseReason.SHUTDOWN),
-                          ServiceError(503, "shutting_down", "the server shut down before this frame ran"))
-                metrics.sessions_closed.labels(CloseReason.SHUTDOWN).inc()
-                log.info("session closed", extra={"event": "session_closed", "session": session.id,
-                                                  "reason": CloseReason.SHUTDOWN})
+                record_close(metrics, session.id, CloseReason.SHUTDOWN, registry.close(session, CloseReason.SHUTDOWN),
+                             ServiceError(503, "shutting_down", "the server shut down before this frame ran"))
             if owned:
                 active.close()
             log.info("service stopped", extra={"event": "stopped", "drained": drained})
@@ -235,10 +233,8 @@ async def _reap_forever(ctx: ServiceContext) -> None:
     while True:
         await asyncio.sleep(ctx.settings.reap_interval_s)
         for session, waiting in ctx.registry.expired():
-            fail_jobs(waiting, ServiceError(410, "session_expired", "the session expired"))
-            ctx.metrics.sessions_closed.labels(CloseReason.EXPIRED).inc()
-            log.info("session expired", extra={"event": "session_closed", "session": session.id,
-                                               "reason": CloseReason.EXPIRED})
+            record_close(ctx.metrics, session.id, CloseReason.EXPIRED, waiting,
+                         ServiceError(410, "session_expired", "the session expired"))
 
 
 def _error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -123,8 +123,7 @@ def run_client(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from kmnrt.client import ServiceClient
-    from kmnrt.data import open_frames, output_folder, write_label_png
-    from kmnrt.model.cli import read_masks
+    from kmnrt.data import open_frames, output_folder, read_masks, write_label_png
 
     source = open_frames(args.input, args.max_frames)
     frames = iter(source)
@@ -132,7 +131,7 @@ def run_client(args: argparse.Namespace) -> int:
         first_name, first_frame = next(frames)
     except StopIteration:
         raise UserInputError(f"{args.input} holds no frames") from None
-    first_mask, later_masks = read_masks(args.mask, list(source.names))
+    first_mask, later_masks = read_masks(args.mask, source.names)
     output_folder(args.out)
     with ServiceClient(args.server, token=args.token) as client:
         session = client.create_session(first_frame, first_mask, mask_format=args.mask_format)

@@ -19,6 +19,8 @@ from kmnrt.service.worker import DROPPED, FrameOutcome, fail_jobs
 
 if TYPE_CHECKING:
     from kmnrt.service.app import ServiceContext
+    from kmnrt.service.metrics import ServiceMetrics
+    from kmnrt.service.sessions import Job
 
 log = logging.getLogger("kmnrt.service")
 
@@ -107,10 +109,16 @@ async def remove_object(ctx: ServiceContext, session_id: str, object_id: int) ->
 
 def close_session(ctx: ServiceContext, session_id: str, reason: str = CloseReason.CLIENT) -> None:
     session = ctx.registry.get(session_id)
-    waiting = ctx.registry.close(session, reason)
-    fail_jobs(waiting, ServiceError(410, f"session_{reason}", f"session {session_id} was closed before this frame "
-                                    f"ran"))
-    ctx.metrics.sessions_closed.labels(reason).inc()
+    record_close(ctx.metrics, session_id, reason, ctx.registry.close(session, reason),
+                 ServiceError(410, f"session_{reason}", f"session {session_id} was closed before this frame ran"))
+
+
+def record_close(metrics: ServiceMetrics, session_id: str, reason: str, waiting: list[Job],
+                 error: ServiceError) -> None:
+    """What every close does after the registry dropped the session, whatever closed it (client, expiry, error,
+    shutdown): its waiting frames are answered with ``error``, and the close is counted and logged."""
+    fail_jobs(waiting, error)
+    metrics.sessions_closed.labels(reason).inc()
     log.info("session closed", extra={"event": "session_closed", "session": session_id, "reason": reason})
 
 
