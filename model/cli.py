@@ -67,26 +67,11 @@ def add_short_side_argument(parser: argparse.ArgumentParser) -> None:
                         "else 0)")
 
 
-def read_masks(mask_path: Path, frame_names: list[str]) -> tuple:
-    """-> (first mask, {frame index: later mask}) from a PNG file or a folder of PNGs named like the frames."""
-    from kmnrt.data import read_label_png
-
-    if mask_path.is_file():
-        return read_label_png(mask_path), {}
-    if not mask_path.is_dir():
-        raise UserInputError(f"mask {mask_path} does not exist")
-    by_name = {p.stem: p for p in mask_path.glob("*.png")}
-    if frame_names[0] not in by_name:
-        raise UserInputError(f"mask folder {mask_path} has no {frame_names[0]}.png for the first frame")
-    later = {i: read_label_png(by_name[n]) for i, n in enumerate(frame_names) if i > 0 and n in by_name}
-    return read_label_png(by_name[frame_names[0]]), later
-
-
 def run_track(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from kmnrt.data import open_frames, output_folder, write_label_png
+    from kmnrt.data import open_frames, output_folder, read_masks, write_label_png
     from kmnrt.model.checkpoint import choose_read, choose_short_side, load_model
     from kmnrt.model.config import get_config
     from kmnrt.model.reference import ReferenceTracker, TrackerConfig

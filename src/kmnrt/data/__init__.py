@@ -2,7 +2,8 @@
 
 Public API (imported lazily, so ``import kmnrt.data`` does not load numpy, OpenCV or Pillow):
 
-- palette:  ``DAVIS_PALETTE``, ``read_label_png``, ``write_label_png``, ``colorize_labels``
+- palette:  ``DAVIS_PALETTE``, ``read_label_png``, ``read_masks``, ``write_label_png``,
+  ``colorize_labels``
 - frames:   ``read_image``, ``open_frames``, ``FrameSource``, ``ImageFolderSource``, ``VideoFileSource``
 - datasets: ``Sequence``, ``find_sequences``, ``read_annotation``, ``open_sequence_frames``
 - files:    ``atomic_output``, ``output_folder``
@@ -19,6 +20,7 @@ _EXPORTS = {
     "DAVIS_VOID": "kmnrt.data.palette",
     "colorize_labels": "kmnrt.data.palette",
     "read_label_png": "kmnrt.data.palette",
+    "read_masks": "kmnrt.data.palette",
     "write_label_png": "kmnrt.data.palette",
     "IMAGE_EXTENSIONS": "kmnrt.data.frames",
     "FrameSource": "kmnrt.data.frames",
@@ -49,7 +51,14 @@ if TYPE_CHECKING:
         open_frames,
         read_image,
     )
-    from kmnrt.data.palette import DAVIS_PALETTE, DAVIS_VOID, colorize_labels, read_label_png, write_label_png
+    from kmnrt.data.palette import (
+        DAVIS_PALETTE,
+        DAVIS_VOID,
+        colorize_labels,
+        read_label_png,
+        read_masks,
+        write_label_png,
+    )
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -122,6 +122,20 @@ def read_label_png(path: str | os.PathLike[str]) -> np.ndarray:
     )
 
 
+def read_masks(mask_path: Path, frame_names: list[str]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """The masks a command tracks from: -> (first mask, {frame index: later mask}), from one PNG (the first frame's)
+    or a folder of PNGs named like the frames, where a later one adds the objects that first appear there."""
+    if mask_path.is_file():
+        return read_label_png(mask_path), {}
+    if not mask_path.is_dir():
+        raise UserInputError(f"mask {mask_path} does not exist")
+    by_name = {p.stem: p for p in mask_path.glob("*.png")}
+    if frame_names[0] not in by_name:
+        raise UserInputError(f"mask folder {mask_path} has no {frame_names[0]}.png for the first frame")
+    later = {i: read_label_png(by_name[n]) for i, n in enumerate(frame_names) if i > 0 and n in by_name}
+    return read_label_png(by_name[frame_names[0]]), later
+
+
 def _grayscale_to_ids(values: np.ndarray) -> np.ndarray:
     counts = np.bincount(values.ravel(), minlength=256)
     if counts[255] and not counts[1:255].any():
