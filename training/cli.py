@@ -82,6 +82,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dice-loss", type=float, default=0.0,
                         help="weight of a soft Dice loss per object added to the cross-entropy (as XMem; every "
                         "object counts the same whatever its size); default 0 (paper)")
+    parser.add_argument("--train-sigma", type=float, metavar="SIGMA",
+                        help="read memory with KMN's Gaussian kernel in training too, with this sigma in key-grid "
+                        "cells (its argmax taken as a constant); default: off, the plain STM read (paper)")
     parser.add_argument("--max-objects", type=int, help="objects per clip at most (default: 3)")
     parser.add_argument("--motion-fraction", type=float,
                         help="pretrain on synthetic data: share of clips whose shapes move on their own instead "
@@ -186,7 +189,7 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig (imported lazi
                                 grad_clip=args.grad_clip, hard_pixel_fraction=args.hard_pixels,
                                 hard_pixel_ramp=_iteration_pair(args.hard_pixels_ramp, "--hard-pixels-ramp"),
                                 read_loss_weight=args.read_loss, dice_loss_weight=args.dice_loss,
-                                warmup=args.warmup)
+                                train_sigma=args.train_sigma, warmup=args.warmup)
     hide = dataclasses.replace(config.hide_and_seek, enabled=not args.no_hide_and_seek,
                                grid=config.hide_and_seek.grid if args.hide_grid is None else args.hide_grid)
     synthetic = config.synthetic

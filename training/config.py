@@ -75,6 +75,7 @@ class OptimConfig:
     hard_pixel_ramp: tuple[int, int] | None = None  # (a, b): all pixels until a, then linearly to the fraction at b
     read_loss_weight: float = 0.0  # > 0: auxiliary loss on the attention reading the pooled masks (step.py)
     dice_loss_weight: float = 0.0  # > 0: soft Dice loss per object added to the cross-entropy (step.py)
+    train_sigma: float | None = None  # KMN's Gaussian in the training read too, with this sigma; None = off (paper)
     warmup: int = 0  # iterations of linear lr ramp-up from lr/warmup (training/loop.py: learning_rate)
 
 
@@ -152,6 +153,8 @@ class TrainConfig:
             raise UserInputError(f"--read-loss must be 0 or more, got {self.optim.read_loss_weight}")
         if not self.optim.dice_loss_weight >= 0:
             raise UserInputError(f"--dice-loss must be 0 or more, got {self.optim.dice_loss_weight}")
+        if self.optim.train_sigma is not None and not self.optim.train_sigma > 0:
+            raise UserInputError(f"--train-sigma must be positive (key-grid cells), got {self.optim.train_sigma}")
         if not 0 < self.optim.hard_pixel_fraction <= 1:
             raise UserInputError(f"--hard-pixels must be in (0, 1], got {self.optim.hard_pixel_fraction}")
         ramp = self.optim.hard_pixel_ramp

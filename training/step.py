@@ -8,7 +8,8 @@ way: each frame reads the memory of all the frames before it. Gradients are accu
 takes one frame with N objects at a time) and the optimizer steps once per batch.
 
 The model is in train mode, so :class:`kmnrt.model.memory_read.MemoryRead` reads with plain STM attention: KMN's
-kernel is inference-only. BatchNorm layers are put back in eval mode (frozen running statistics), as STM-style
+kernel is inference-only (paper). ``--train-sigma`` reads with the kernel in training too: the Memory-to-Query
+argmax carries no gradient, but the Gaussian it centres still shapes the softmax the keys are trained through. BatchNorm layers are put back in eval mode (frozen running statistics), as STM-style
 training does: statistics of one frame per forward pass would be noise.
 """
 
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 
 from kmnrt.framing import STRIDE, one_hot_probs
 from kmnrt.model.kmn import KMN
-from kmnrt.model.memory_read import stm_read
+from kmnrt.model.memory_read import kmn_read, stm_read
 from kmnrt.training.clips import Clip
 from kmnrt.training.config import OptimConfig
 
@@ -94,7 +95,11 @@ def clip_loss(model: KMN, clip: Clip, device: torch.device, optim: OptimConfig =
         query = model.encode_query(frames[t:t + 1])
         memory_keys.append(_stacked(keys))
         query_keys.append(query.key)
-        probs.append(model.decode(model.read_memory(memory_keys[-1], _stacked(values), query.key), query))
+        if optim.train_sigma is None:
+            read = model.read_memory(memory_keys[-1], _stacked(values), query.key)
+        else:
+            read = kmn_read(memory_keys[-1], _stacked(values), query.key, optim.train_sigma)
+        probs.append(model.decode(read, query))
     losses = [aggregated_nll(probs[t], labels[t], optim.hard_pixel_fraction) for t in range(1, count)]
     if optim.dice_loss_weight > 0:
         losses = [loss + optim.dice_loss_weight * dice_loss(probs[t], labels[t])

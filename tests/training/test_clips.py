@@ -277,6 +277,7 @@ def test_forgotten_blocks_lie_inside_objects_of_memorised_predictions(video_tree
     ("--memory-forget", "-0.1", "--memory-forget must be a probability in [0, 1]"),
     ("--memory-forget", "1.5", "--memory-forget must be a probability in [0, 1]"),
     ("--dice-loss", "-1", "--dice-loss must be 0 or more"),
+    ("--train-sigma", "0", "--train-sigma must be positive"),
     ("--max-skip", "-1", "--max-skip must be at least 0"),
 ])
 def test_bad_loss_and_memory_options_are_one_line_errors(tmp_path, capsys, option, value, message):

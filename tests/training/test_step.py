@@ -114,6 +114,22 @@ def test_dice_weight_adds_the_dice_loss_of_each_frame(small_config, model):
         assert 0 < (dice_added - plain_loss).item() <= 0.5
 
 
+def test_train_sigma_reads_with_the_kernel_in_training(small_config, model):
+    """--train-sigma: the training read is KMN's (a wide kernel barely changes the loss, a tight one does) and the
+    keys still get gradient through the softmax the Gaussian shapes."""
+    set_train_mode(model)
+    clip = StaticClips(small_config)[1]
+    plain = torch.stack(clip_loss(model, clip, CPU))
+    wide = torch.stack(clip_loss(model, clip, CPU, OptimConfig(train_sigma=1e4)))
+    tight = clip_loss(model, clip, CPU, OptimConfig(train_sigma=0.5))
+    torch.testing.assert_close(wide, plain, rtol=1e-4, atol=1e-6)
+    assert (torch.stack(tight) - plain).abs().max() > 1e-4
+    sum(tight).backward()
+    for name in ("memory_kv.key.weight", "query_kv.key.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
 def test_a_few_steps_on_a_fixed_batch_lower_the_loss(small_config, model):
     clips = [StaticClips(small_config)[i] for i in range(2)]
     set_train_mode(model)
