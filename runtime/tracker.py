@@ -243,6 +243,9 @@ class Tracker:
         return job
 
     def _run(self, jobs: list[_Job], keep_probs: bool) -> list[StepResult]:
+        if not self.runner.is_active:  # the runner would say "not active", which reads as a runner bug
+            raise RuntimeError("this tracker is closed (close() or the end of its `with` block released its "
+                               "engines); open a new one, e.g. Tracker.from_bundle(...)")
         with self._on_device():
             shared = StepClock(self.runner.stream)
             for job in jobs:

@@ -187,6 +187,10 @@ def test_bad_input_is_reported_clearly(tiny_model, bmx_small):
     with pytest.raises(UserInputError, match="tracks no object"):
         tracker.step(tracker.new_state(), frame)
     assert state.next_index == 1  # rejected frames do not advance the session
+    tracker.close()
+    with pytest.raises(RuntimeError, match="this tracker is closed"):
+        tracker.step(state, frame)
+    assert state.next_index == 1
 
 
 def test_session_bytes_and_fill_memory(tiny_model, bmx_small):
