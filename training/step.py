@@ -9,8 +9,9 @@ takes one frame with N objects at a time) and the optimizer steps once per batch
 
 The model is in train mode, so :class:`kmnrt.model.memory_read.MemoryRead` reads with plain STM attention: KMN's
 kernel is inference-only (paper). ``--train-sigma`` reads with the kernel in training too: the Memory-to-Query
-argmax carries no gradient, but the Gaussian it centres still shapes the softmax the keys are trained through. BatchNorm layers are put back in eval mode (frozen running statistics), as STM-style
-training does: statistics of one frame per forward pass would be noise.
+argmax carries no gradient, but the Gaussian it centres still shapes the softmax the keys are trained through.
+BatchNorm layers are put back in eval mode (frozen running statistics), as STM-style training does: statistics of
+one frame per forward pass would be noise.
 """
 
 from __future__ import annotations
