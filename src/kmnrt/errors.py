@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable
 
 
@@ -30,14 +31,30 @@ class VerificationError(KmnrtError):
     exit_code = 3
 
 
+class KmnrtWarning(UserWarning):
+    """Something the user should know that does not stop the work (the CLI prints it as ``warning: <message>``)."""
+
+
 def exit_status(main: Callable[[], int]) -> int:
     """Run a command's ``main`` as the ``kmnrt`` command does: a :class:`KmnrtError` becomes one ``error:`` line on
-    stderr and its exit status, an interrupt status 130. For modules run with ``python -m``."""
+    stderr and its exit status, an interrupt status 130, a :class:`KmnrtWarning` one ``warning:`` line. For modules
+    run with ``python -m``."""
     try:
-        return main()
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning(warnings.showwarning)
+            return main()
     except KmnrtError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _show_warning(show_others: Callable) -> Callable:
+    def show(message, category, filename, lineno, file=None, line=None):  # warnings.showwarning's signature
+        if issubclass(category, KmnrtWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:  # other libraries' warnings keep Python's format, with the line that raised them
+            show_others(message, category, filename, lineno, file, line)
+    return show

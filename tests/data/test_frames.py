@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import cv2
@@ -8,7 +9,7 @@ import pytest
 from PIL import Image
 
 from kmnrt.data import ImageFolderSource, VideoFileSource, natural_sort_key, open_frames, read_image
-from kmnrt.errors import UserInputError
+from kmnrt.errors import KmnrtWarning, UserInputError
 
 RED = (255, 0, 0)
 
@@ -162,6 +163,28 @@ def test_damaged_video_frame_is_reported_after_the_good_ones(tmp_path) -> None:
         for name, _ in source:
             yielded.append(name)
     assert yielded == ["00000", "00001", "00002", "00003", "00004"]
+
+
+def test_video_with_more_frames_than_it_declares_warns_after_the_declared_ones(tmp_path) -> None:
+    path = tmp_path / "clip.avi"
+    _write_video(path, _ramp_frames(12), "MJPG")
+    data = bytearray(path.read_bytes())
+    # The video stream header's dwLength (its frame count, 32 bytes into 'strh') is what OpenCV reports.
+    length = data.find(b"strh") + 8 + 32
+    assert int.from_bytes(data[length:length + 4], "little") == 12
+    data[length:length + 4] = (7).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+
+    source = open_frames(path)
+    assert len(source) == 7
+    with pytest.warns(KmnrtWarning, match=r"clip\.avi holds more frames than the 7 it declares"):
+        assert [name for name, _ in source] == source.names
+    whole = tmp_path / "whole.avi"
+    _write_video(whole, _ramp_frames(4), "MJPG")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn about: cut short on purpose, or read to its end
+        assert len(list(open_frames(path, max_frames=5))) == 5
+        assert len(list(open_frames(whole))) == 4
 
 
 def test_single_image_path_is_refused(tmp_path) -> None:

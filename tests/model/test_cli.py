@@ -78,6 +78,17 @@ def test_track_reads_a_video_file(tmp_path, capsys, tiny_checkpoint):
     assert "short side 96" in stdout  # the checkpoint's training scale is the default
     assert png_size(tmp_path / "scaled" / "00004.png") == (80, 48)  # masks come back at the frames' size
 
+    data = bytearray(video.read_bytes())
+    length = data.find(b"strh") + 8 + 32  # the video stream's frame count, what OpenCV reports
+    data[length:length + 4] = (3).to_bytes(4, "little")
+    video.write_bytes(bytes(data))
+    code, stdout, err = run(capsys, "--config", "tiny", "--checkpoint", tiny_checkpoint, "--input", video,
+                            "--mask", tmp_path / "mask.png", "--out", tmp_path / "declared")
+    assert code == 0, err
+    assert len(list((tmp_path / "declared").glob("*.png"))) == 3
+    assert f"warning: video {video} holds more frames than the 3 it declares" in err
+    assert "UserWarning" not in err and "warnings.warn" not in err  # one line, not Python's default format
+
 
 def test_random_weights_come_with_a_warning(tmp_path, capsys, shared_vos):
     seq = shared_vos / "davis2016_blackswan"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from functools import cached_property
@@ -17,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from kmnrt.errors import UserInputError
+from kmnrt.errors import KmnrtWarning, UserInputError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 """Suffixes (lower case) that count as frames in a folder."""
@@ -144,7 +145,9 @@ class VideoFileSource(FrameSource):
     The frame count comes from the container (``CAP_PROP_FRAME_COUNT``); when it is unknown the file is
     decoded once at opening to count. A decoder simply stops at damaged data, so a video that ends before
     its declared count raises :class:`UserInputError` naming the first missing frame, after the frames
-    before it have been yielded.
+    before it have been yielded. A video that holds more frames than it declares is read up to the declared
+    count (callers size their work by it), with a warning once the last of them has been read: decoding the whole
+    file at opening to count would double the decoding of every well-formed video.
     """
 
     def __init__(self, path: str | os.PathLike[str], max_frames: int | None = None) -> None:
@@ -166,6 +169,7 @@ class VideoFileSource(FrameSource):
         finally:
             capture.release()
         self.names = [f"{index:05d}" for index in range(count if limit is None else min(count, limit))]
+        self._reads_to_the_end = len(self.names) == count  # not cut short by max_frames
 
     def _open(self) -> cv2.VideoCapture:
         if not self.path.is_file():
@@ -200,6 +204,10 @@ class VideoFileSource(FrameSource):
                     frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
                 self._check_size(frame, f"frame {index} of video {self.path}")
                 yield name, frame
+            if self._reads_to_the_end and capture.grab():
+                warnings.warn(f"video {self.path} holds more frames than the {len(self.names)} it declares; only "
+                              f"those were read. Re-encode it (e.g. `ffmpeg -i IN -c:v libx264 OUT.mp4`) or extract "
+                              f"its frames to a folder to read them all", KmnrtWarning, stacklevel=2)
         finally:
             capture.release()
 
