@@ -68,6 +68,23 @@ def find_video_sequences(root: str | os.PathLike[str], clip_frames: int = CLIP_L
     return sequences
 
 
+def read_training_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """An image (or frame) and its index mask, at one size. A photo's EXIF orientation is applied when that makes
+    it fit its mask (today's browsers and annotation tools show photos turned), and ignored when the mask fits the
+    pixels as stored (COCO was annotated in browsers that ignored it): either way the pair lines up. A square
+    photo fits both ways and is turned."""
+    from kmnrt.data import read_image, read_label_png
+
+    image, mask = read_image(image_path), read_label_png(mask_path)
+    if image.shape[:2] != mask.shape:
+        stored = read_image(image_path, orientation=False)
+        if stored.shape[:2] != mask.shape:
+            raise UserInputError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} is "
+                                 f"{image.shape[1]}x{image.shape[0]}; they must have the same size")
+        image = stored
+    return image, mask
+
+
 def max_skip_at(iteration: int, skip: SkipCurriculum, iterations: int) -> int:
     """The curriculum: ``start`` + ``step`` per ``every_iterations``, capped at ``end`` (a last, shorter step
     reaches an ``end`` that is not a multiple of ``step``)."""
@@ -116,13 +133,7 @@ class StaticClips(_IndexedClips):
                 frames, masks = static_clip(rng, *render(scene, (size, size)), size, config.augment,
                                             config.clip_frames)
         else:
-            from kmnrt.data import read_image, read_label_png
-
-            image_path, mask_path = self.pairs[int(rng.integers(len(self.pairs)))]
-            image, mask = read_image(image_path), read_label_png(mask_path)
-            if image.shape[:2] != mask.shape:
-                raise UserInputError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} "
-                                     f"is {image.shape[1]}x{image.shape[0]}; they must have the same size")
+            image, mask = read_training_pair(*self.pairs[int(rng.integers(len(self.pairs)))])
             frames, masks = static_clip(rng, image, mask, size, config.augment, config.clip_frames)
         return finish_clip(rng, frames, masks, config.max_objects, hide, probability, config.memory_forget)
 
@@ -147,16 +158,10 @@ class VideoClips(_IndexedClips):
         return [start, *middle, start + span]
 
     def draw(self, rng: np.random.Generator, iteration: int) -> Clip | None:
-        from kmnrt.data import read_image, read_label_png
-
         sequence = self.sequences[int(rng.integers(len(self.sequences)))]
         max_skip = max_skip_at(iteration, self.config.skip, self.config.iterations)
         indices = self.frame_indices(rng, len(sequence.frames), max_skip)
-        frames = [read_image(sequence.frames[i]) for i in indices]
-        masks = [read_label_png(sequence.masks[i]) for i in indices]
-        for i, frame, mask in zip(indices, frames, masks):
-            if frame.shape[:2] != mask.shape:
-                raise UserInputError(f"mask {sequence.masks[i]} and frame {sequence.frames[i]} differ in size")
+        frames, masks = map(list, zip(*(read_training_pair(sequence.frames[i], sequence.masks[i]) for i in indices)))
         frames, masks = random_resize_crop(rng, frames, masks, self.config.size, self.config.short_side)
         frames, masks = maybe_flip(rng, frames, masks)
         return finish_clip(rng, frames, masks, self.config.max_objects, memory_forget=self.config.memory_forget)

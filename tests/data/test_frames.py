@@ -49,6 +49,14 @@ def test_read_real_davis_jpeg(shared_vos) -> None:
     assert np.abs(frame.astype(int) - reference).mean() < 1.0
 
 
+def test_exif_orientation_is_applied_unless_asked_not_to(tmp_path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned a quarter clockwise when shown
+    Image.fromarray(_solid(20, 40, RED)).save(tmp_path / "photo.jpg", exif=exif.tobytes())
+    assert read_image(tmp_path / "photo.jpg").shape == (40, 20, 3)
+    assert read_image(tmp_path / "photo.jpg", orientation=False).shape == (20, 40, 3)
+
+
 def test_grayscale_and_rgba_become_rgb(tmp_path) -> None:
     gray = np.arange(20, dtype=np.uint8).reshape(4, 5) * 10
     Image.fromarray(gray).save(tmp_path / "gray.png")

@@ -21,6 +21,7 @@ from kmnrt.training.datasets import (
     find_image_pairs,
     find_video_sequences,
     max_skip_at,
+    read_training_pair,
 )
 from kmnrt.training.synthetic import synthetic_image
 
@@ -87,6 +88,30 @@ def test_user_image_pairs_feed_the_static_recipe(tmp_path, small_config):
     _check_clip(StaticClips(small_config, pairs)[0], 64)
     with pytest.raises(UserInputError, match="JPEGImages"):
         find_image_pairs(tmp_path / "JPEGImages")
+
+
+def test_a_photo_turned_by_exif_lines_up_with_its_mask_either_way(tmp_path):
+    """COCO's masks fit the pixels as stored, masks drawn in today's tools fit the photo turned by its EXIF
+    orientation: the pair is read at whichever size its mask has, and neither size is an error naming both."""
+    from PIL import Image
+
+    from kmnrt.data import read_image
+
+    photo = tmp_path / "photo.jpg"
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :10] = 255  # stored 40 wide, 20 high; EXIF orientation 6 turns it a quarter, to 20 x 40
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(photo, exif=exif.tobytes())
+    for height, width, orientation in ((20, 40, False), (40, 20, True)):
+        mask_path = tmp_path / f"mask{height}.png"
+        Image.fromarray(np.zeros((height, width), np.uint8)).save(mask_path)
+        image, mask = read_training_pair(photo, mask_path)
+        assert image.shape == (height, width, 3) and mask.shape == (height, width)
+        assert np.array_equal(image, read_image(photo, orientation=orientation))
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "other.png")
+    with pytest.raises(UserInputError, match=r"mask .*other\.png is 10x10 but image .*photo\.jpg is 20x40"):
+        read_training_pair(photo, tmp_path / "other.png")
 
 
 def test_max_skip_curriculum_grows_by_five_to_twenty_five():

@@ -31,11 +31,12 @@ def natural_sort_key(name: str) -> tuple[tuple[str | int, ...], str]:
     return tuple(int(part) if index % 2 else part.casefold() for index, part in enumerate(parts)), name
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+def read_image(path: str | os.PathLike[str], orientation: bool = True) -> np.ndarray:
     """Read an image file as ``[H, W, 3]`` uint8 RGB.
 
     Grayscale is repeated over three channels, alpha is dropped, 16-bit is scaled to 8-bit, and the EXIF
-    orientation of photos is applied (OpenCV ``IMREAD_COLOR``).
+    orientation of photos is applied (OpenCV ``IMREAD_COLOR``), unless ``orientation`` is False: then the pixels
+    come as stored.
 
     Raises:
         UserInputError: the file is missing or cannot be decoded as an image.
@@ -47,7 +48,8 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise UserInputError(f"image {path} does not exist") from None
     except OSError as exc:
         raise UserInputError(f"cannot read image {path}: {exc.strerror or exc}") from exc
-    frame = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    flags = cv2.IMREAD_COLOR if orientation else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    frame = cv2.imdecode(data, flags) if data.size else None
     if frame is None:
         raise UserInputError(
             f"cannot decode image {path}: the file is empty, damaged or not an image; "
