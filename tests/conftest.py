@@ -34,3 +34,18 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
                             verify=False)
     return export_bundle(options, model=build_model(get_config("tiny"), options.read_config, seed=0),
                          progress=False)
+
+
+def declare_frames(video: Path, count: int) -> None:
+    """Make an OpenCV-written MJPG .avi declare ``count`` frames, whatever it holds: the video stream header's
+    dwLength (32 bytes into 'strh') is the count OpenCV reports."""
+    data = bytearray(video.read_bytes())
+    length = data.find(b"strh") + 8 + 32
+    data[length:length + 4] = count.to_bytes(4, "little")
+    video.write_bytes(bytes(data))
+
+
+@pytest.fixture()
+def under_declared_video():
+    """``declare_frames`` for tests in every package (conftest helpers are not importable as a module here)."""
+    return declare_frames

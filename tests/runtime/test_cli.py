@@ -85,6 +85,21 @@ def test_run_on_a_video_file_of_another_size(tiny_bundle, bmx_small, tmp_path):
     assert len(masks) == 4 and read_label_png(masks[-1]).shape == (120, 212)
 
 
+def test_run_warns_when_a_video_holds_more_frames_than_it_declares(tiny_bundle, bmx_small, tmp_path, capsys,
+                                                                   under_declared_video):
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (106, 60))
+    for frame in bmx_small.frames[:6]:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    under_declared_video(video, 4)
+    mask = tmp_path / "mask.png"
+    write_label_png(mask, bmx_small.first_mask)
+    assert run("--bundle", tiny_bundle, "--input", video, "--mask", mask, "--out", tmp_path / "out") == 0
+    assert len(list((tmp_path / "out").glob("*.png"))) == 4
+    assert f"warning: video {video} holds more frames than the 4 it declares" in capsys.readouterr().err
+
+
 def test_a_corrupt_frame_is_named_and_earlier_masks_stay(tiny_bundle, video_folder, tmp_path, capsys):
     frames, mask = video_folder
     (frames / "00003.png").write_bytes(b"\x89PNG broken")

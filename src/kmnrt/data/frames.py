@@ -148,8 +148,8 @@ class VideoFileSource(FrameSource):
     decoded once at opening to count. A decoder simply stops at damaged data, so a video that ends before
     its declared count raises :class:`UserInputError` naming the first missing frame, after the frames
     before it have been yielded. A video that holds more frames than it declares is read up to the declared
-    count (callers size their work by it), with a warning once the last of them has been read: decoding the whole
-    file at opening to count would double the decoding of every well-formed video.
+    count (callers size their work by it), with a warning as the last of them is read: decoding the whole file at
+    opening to count would double the decoding of every well-formed video.
     """
 
     def __init__(self, path: str | os.PathLike[str], max_frames: int | None = None) -> None:
@@ -205,11 +205,12 @@ class VideoFileSource(FrameSource):
                 else:
                     frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
                 self._check_size(frame, f"frame {index} of video {self.path}")
+                # Checked before the last frame is handed out: callers that count frames stop asking after it.
+                if index == len(self.names) - 1 and self._reads_to_the_end and capture.grab():
+                    warnings.warn(f"video {self.path} holds more frames than the {len(self.names)} it declares; "
+                                  f"only those are read. Re-encode it (e.g. `ffmpeg -i IN -c:v libx264 OUT.mp4`) or "
+                                  f"extract its frames to a folder to read them all", KmnrtWarning, stacklevel=2)
                 yield name, frame
-            if self._reads_to_the_end and capture.grab():
-                warnings.warn(f"video {self.path} holds more frames than the {len(self.names)} it declares; only "
-                              f"those were read. Re-encode it (e.g. `ffmpeg -i IN -c:v libx264 OUT.mp4`) or extract "
-                              f"its frames to a folder to read them all", KmnrtWarning, stacklevel=2)
         finally:
             capture.release()
 
