@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from kmnrt.errors import UserInputError
-from kmnrt.framing import Framing, frame_to_tensor, one_hot_probs
+from kmnrt.framing import Framing, frame_to_tensor, mask_size_mismatch, one_hot_probs
 from kmnrt.model.kmn import KMN
 
 
@@ -98,8 +98,7 @@ def _check_mask(mask: np.ndarray, frame_size: tuple[int, int], where: str) -> np
     if mask.ndim != 2:
         raise UserInputError(f"{where}: a mask must be a 2-D index image, got shape {mask.shape}")
     if mask.shape != frame_size:
-        raise UserInputError(f"{where}: mask size {mask.shape[1]}x{mask.shape[0]} differs from the frame size "
-                             f"{frame_size[1]}x{frame_size[0]}; give a mask of the frame's size")
+        raise UserInputError(mask_size_mismatch(where, mask.shape, frame_size))
     return mask
 
 

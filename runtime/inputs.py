@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from kmnrt.errors import UserInputError
+from kmnrt.framing import mask_size_mismatch
 
 
 def frame_as_rgb(frame: np.ndarray | Tensor, where: str) -> np.ndarray | Tensor:
@@ -50,8 +51,7 @@ def check_mask(mask: np.ndarray | Tensor, frame_size: tuple[int, int], where: st
     if not np.issubdtype(mask.dtype, np.integer):
         raise UserInputError(f"{where}: a mask must hold integer object ids, got dtype {mask.dtype}")
     if mask.shape != tuple(frame_size):
-        raise UserInputError(f"{where}: mask size {mask.shape[1]}x{mask.shape[0]} differs from the frame size "
-                             f"{frame_size[1]}x{frame_size[0]} (width x height); give a mask of the frame's size")
+        raise UserInputError(mask_size_mismatch(where, mask.shape, frame_size))
     if mask.size and (mask.min() < 0 or mask.max() > 255):
         raise UserInputError(f"{where}: object ids must lie in 1..255 (0 = background), the mask holds "
                              f"{int(mask.min())}..{int(mask.max())}")

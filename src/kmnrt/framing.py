@@ -114,6 +114,19 @@ def one_hot_probs(labels: np.ndarray | Tensor, object_ids: list[int], device: to
     return torch.cat([background, foreground])
 
 
+def mask_size_mismatch(where: str, mask_size: tuple[int, ...], frame_size: tuple[int, ...]) -> str:
+    """The message for a mask [H, W] whose size is not its frame's [H, W] (every tracker and the service say it
+    alike). A mask of the frame's size turned a quarter most likely comes from the frame as stored: photos are read
+    turned upright by their EXIF orientation (and videos by their rotation tag), so the message says so."""
+    message = (f"{where}: mask size {mask_size[1]}x{mask_size[0]} differs from the frame size "
+               f"{frame_size[1]}x{frame_size[0]} (width x height); give a mask of the frame's size")
+    if tuple(mask_size) == tuple(frame_size)[::-1]:
+        message += (". It is the frame's size turned a quarter: frames are read turned upright by their EXIF "
+                    "orientation (photos) or rotation tag (videos), so the mask was likely drawn on the frame as "
+                    "stored; turn it the same way")
+    return message
+
+
 def _torch_ready(array: np.ndarray) -> np.ndarray:
     """torch.from_numpy refuses arrays with negative strides (OpenCV's BGR flipped to RGB, ``frame[..., ::-1]``)
     and warns on read-only ones (PIL's); copy only those."""

@@ -56,6 +56,15 @@ def test_unusable_masks_name_the_frame_and_the_problem(mask, message):
         check_mask(mask, (2, 2), "mask of frame 4")
 
 
+def test_a_mask_of_the_frame_turned_a_quarter_points_at_exif_orientation():
+    with pytest.raises(UserInputError, match=r"mask size 2x3 differs .* It is the frame's size turned a quarter: "
+                                             r"frames are read turned upright by their EXIF orientation"):
+        check_mask(np.zeros((3, 2), np.uint8), (2, 3), "first mask")
+    with pytest.raises(UserInputError) as other_size:
+        check_mask(np.zeros((3, 2), np.uint8), (3, 3), "first mask")
+    assert "EXIF" not in str(other_size.value)
+
+
 def test_new_ids_skip_tracked_ones_and_given_ids_must_be_in_the_mask():
     mask = np.array([[0, 3], [7, 9]], np.uint8)
     assert choose_new_ids(mask, [3], None, "frame 5") == [7, 9]

@@ -93,7 +93,9 @@ def test_client_faults_answer_4xx_and_the_server_keeps_serving(make_client, vide
     empty = type(video)(video.frames, np.zeros_like(video.mask))
     _error(_create(http, empty), 400, "invalid_input")
     small = type(video)(video.frames, video.mask[:30])
-    _error(_create(http, small), 400, "invalid_mask")
+    assert "give a mask of the frame's size" in _error(_create(http, small), 400, "invalid_mask")["message"]
+    turned = type(video)(video.frames, np.ascontiguousarray(video.mask.T))
+    assert "turned a quarter" in _error(_create(http, turned), 400, "invalid_mask")["message"]
     _error(http.post("/v1/sessions", files={"frame": ("f.png", _png(video.frames[0])),
                                             "mask": ("m.png", _png(video.frames[0]))}), 400, "invalid_mask")
     _error(http.post("/v1/sessions", files={"frame": ("f.png", _png(video.frames[0]))},

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
+from kmnrt.framing import mask_size_mismatch
 from kmnrt.service.errors import ServiceError, bad_input
 from kmnrt.service.masks import decode_frame, decode_mask_png, encode_labels, rle_objects_to_labels
 from kmnrt.service.schemas import MaskRle, SessionOptions
@@ -134,8 +135,7 @@ async def _decode_mask(ctx: ServiceContext, mask_png: bytes | None, mask_rle: Ma
         return await run_in_threadpool(rle_objects_to_labels, objects, tuple(frame_size), where)
     mask = await run_in_threadpool(decode_mask_png, mask_png, ctx.settings.max_frame_pixels, where)
     if mask.shape != tuple(frame_size):
-        raise bad_input(f"{where}: mask size {mask.shape[1]}x{mask.shape[0]} differs from the frame size "
-                        f"{frame_size[1]}x{frame_size[0]} (width x height)", "invalid_mask")
+        raise bad_input(mask_size_mismatch(where, mask.shape, frame_size), "invalid_mask")
     return mask
 
 
