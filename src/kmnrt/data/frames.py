@@ -171,7 +171,6 @@ class VideoFileSource(FrameSource):
         finally:
             capture.release()
         self.names = [f"{index:05d}" for index in range(count if limit is None else min(count, limit))]
-        self._reads_to_the_end = len(self.names) == count  # not cut short by max_frames
 
     def _open(self) -> cv2.VideoCapture:
         if not self.path.is_file():
@@ -206,7 +205,9 @@ class VideoFileSource(FrameSource):
                     frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
                 self._check_size(frame, f"frame {index} of video {self.path}")
                 # Checked before the last frame is handed out: callers that count frames stop asking after it.
-                if index == len(self.names) - 1 and self._reads_to_the_end and capture.grab():
+                # (Not when max_frames cut the video short: more frames are expected then.)
+                last_declared = index + 1 == self.declared_frame_count
+                if last_declared and capture.grab():
                     warnings.warn(f"video {self.path} holds more frames than the {len(self.names)} it declares; "
                                   f"only those are read. Re-encode it (e.g. `ffmpeg -i IN -c:v libx264 OUT.mp4`) or "
                                   f"extract its frames to a folder to read them all", KmnrtWarning, stacklevel=2)
