@@ -8,20 +8,26 @@ the Hide-and-Seek probability (pre-training) and the max_skip curriculum (main t
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from kmnrt.errors import UserInputError
+from kmnrt.errors import KmnrtWarning, UserInputError
 from kmnrt.training.augment import random_resize_crop, maybe_flip
 from kmnrt.training.clips import CLIP_LENGTH, Clip, finish_clip, motion_clip, static_clip
 from kmnrt.training.config import SkipCurriculum, TrainConfig
 from kmnrt.training.hide_and_seek import hide_probability
 from kmnrt.training.synthetic import random_scene, render
 
-MAX_ATTEMPTS = 50  # redraws when an augmentation leaves no object in the first frame
+MAX_ATTEMPTS = 50  # redraws when an augmentation leaves no object in the first frame, or a file is unusable
+
+
+class UnusableTrainingFile(UserInputError):
+    """An image or mask of the training data that cannot be read, or a pair of different sizes: the sample is
+    drawn again, so that one damaged file among a hundred thousand does not end a run hours in."""
 
 
 @dataclass(frozen=True)
@@ -75,11 +81,14 @@ def read_training_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, n
     photo fits both ways and is turned."""
     from kmnrt.data import read_image, read_label_png
 
-    image, mask = read_image(image_path), read_label_png(mask_path)
+    try:
+        image, mask = read_image(image_path), read_label_png(mask_path)
+    except UserInputError as exc:
+        raise UnusableTrainingFile(str(exc)) from None
     if image.shape[:2] != mask.shape:
         stored = read_image(image_path, orientation=False)
         if stored.shape[:2] != mask.shape:
-            raise UserInputError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} is "
+            raise UnusableTrainingFile(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} is "
                                  f"{image.shape[1]}x{image.shape[0]}; they must have the same size")
         image = stored
     return image, mask
@@ -103,10 +112,20 @@ class _IndexedClips(Dataset):
     def __getitem__(self, index: int) -> Clip:
         rng = np.random.default_rng([self.config.seed, index])
         iteration = index // self.config.batch
+        unusable: list[UnusableTrainingFile] = []
         for _ in range(MAX_ATTEMPTS):
-            clip = self.draw(rng, iteration)
+            try:
+                clip = self.draw(rng, iteration)
+            except UnusableTrainingFile as exc:
+                unusable.append(exc)
+                continue
             if clip is not None:
+                for exc in unusable:  # once per file and process (Python's default filter)
+                    warnings.warn(f"training goes on without this file: {exc}", KmnrtWarning, stacklevel=2)
                 return clip
+        if unusable:  # nothing usable in many draws: the data, not one file, is at fault
+            raise UserInputError(f"sample {index}: {len(unusable)} of {MAX_ATTEMPTS} draws hit an unusable file, "
+                                 f"and no draw gave a clip; the last: {unusable[-1]}")
         raise UserInputError(f"sample {index}: no object survived the augmentation in {MAX_ATTEMPTS} attempts; "
                              "are the masks empty, or the objects tiny?")
 

@@ -10,7 +10,7 @@ import torch
 
 from kmnrt.cli import build_parser
 from kmnrt.cli import main as kmnrt_main
-from kmnrt.errors import UserInputError
+from kmnrt.errors import KmnrtWarning, UserInputError
 from kmnrt.training.augment import random_resize_crop
 from kmnrt.training.cli import config_from_args
 from kmnrt.training.clips import select_objects
@@ -208,6 +208,23 @@ def test_bad_video_folders_are_user_errors(tmp_path, make_video_tree):
     assert len(find_video_sequences(short, clip_frames=2)) == 1
     with pytest.raises(UserInputError, match="clip-frames"):
         preset("tiny", "main", tmp_path / "run", clip_frames=1)
+
+
+def test_an_unusable_file_costs_a_redraw_and_a_warning_naming_it(video_tree, tmp_path):
+    """One damaged mask among a video's frames: every sample that drew it is drawn again and the run goes on; a
+    warning names the file. When no draw gives a clip, the data is at fault, and that is an error."""
+    masks = video_tree.root / "Annotations" / "squares"
+    (masks / "00004.png").write_bytes(b"not a png")
+    config = preset("tiny", "main", tmp_path / "run", data=video_tree.root, size=64, batch=1, iterations=40)
+    clips = VideoClips(config, find_video_sequences(video_tree.root))
+    with pytest.warns(KmnrtWarning, match=r"training goes on without this file: cannot read mask .*00004\.png"):
+        for index in range(len(clips)):
+            _check_clip(clips[index], 64)
+    for mask in masks.iterdir():
+        mask.write_bytes(b"")
+    with pytest.raises(UserInputError, match=r"sample 0: 50 of 50 draws hit an unusable file, and no draw gave a "
+                                             r"clip; the last: cannot read mask"):
+        clips[0]
 
 
 def _flat_scene_image(size: int = 120) -> tuple[np.ndarray, np.ndarray]:

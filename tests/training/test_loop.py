@@ -148,6 +148,21 @@ def test_cli_pretrain_then_main_on_generated_videos(tmp_path, capsys):
     assert (tmp_path / "pre" / "model.safetensors").read_bytes() != weights
 
 
+def test_cli_trains_past_damaged_frames_and_says_which(tmp_path, capsys):
+    videos = tmp_path / "videos"
+    assert kmnrt_main(["generate-data", "--out", str(videos), "--videos", "2", "--frames", "4", "--height", "64",
+                       "--width", "96", "--seed", "3"]) == 0
+    damaged = videos / "JPEGImages" / "synthetic-0000"
+    for frame in damaged.iterdir():
+        frame.write_bytes(frame.read_bytes()[:100])  # cut short, as by an interrupted copy
+    capsys.readouterr()
+    assert kmnrt_main(["train", "--stage", "main", "--config", "tiny", "--size", "64", "--batch", "2", "--iterations",
+                       "4", "--threads", "1", "--data", str(videos), "--out", str(tmp_path / "run")]) == 0
+    error = capsys.readouterr().err
+    assert f"warning: training goes on without this file: cannot decode image {damaged}" in error
+    assert "trained 4 iterations" in error and "Traceback" not in error
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--stage", "main"], "--stage main trains on videos"),
     (["--size", "50"], "multiple of 16"),
