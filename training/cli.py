@@ -137,6 +137,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-amp", action="store_true", help="on CUDA: train in fp32 (default: fp16 autocast)")
     parser.add_argument("--log-every", type=int, default=50,
                         help="write a line to OUT/train.log every N iterations (default: 50)")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also write what train.log records (loss, learning rate, seconds per iteration) as "
+                        "TensorBoard events to OUT/tensorboard; needs the tensorboard package "
+                        "(`tensorboard --logdir OUT` shows them)")
     parser.set_defaults(handler=run_train)
     register_generate(subparsers)
 
@@ -177,12 +181,11 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig (imported lazi
 
     config = preset(args.config, args.stage, args.out, iterations=args.iterations, batch=args.batch,
                     size=args.size, short_side=args.short_side, clip_frames=args.clip_frames, lr=args.lr,
-                    memory_forget=args.memory_forget,
-                    seed=args.seed, data=args.data,
+                    memory_forget=args.memory_forget, seed=args.seed, data=args.data,
                     init=args.init, resume=args.resume, device=args.device, max_objects=args.max_objects,
                     checkpoint_every=args.checkpoint_every, workers=args.workers, threads=args.threads,
-                    log_every=args.log_every, amp=not args.no_amp, freeze_batchnorm=not args.train_batchnorm,
-                    batchnorm_until=args.train_batchnorm_until,
+                    log_every=args.log_every, tensorboard=args.tensorboard, amp=not args.no_amp,
+                    freeze_batchnorm=not args.train_batchnorm, batchnorm_until=args.train_batchnorm_until,
                     tied_init=args.tied_init, tied_training=args.tied_training,
                     calibrated_init=args.calibrated_init)
     optim = dataclasses.replace(config.optim, poly_power=None if args.constant_lr else config.optim.poly_power,

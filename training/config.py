@@ -115,6 +115,7 @@ class TrainConfig:
     tied_training: bool = False  # and keep them equal while training (gradients summed; implies tied_init)
     checkpoint_every: int = 500
     log_every: int = 50  # iterations between lines of train.log
+    tensorboard: bool = False  # also write the logged values as TensorBoard events, to OUT/tensorboard
     workers: int = 0
     threads: int | None = None  # torch intra-op threads; None = PyTorch's default
     amp: bool = True  # fp16 autocast on CUDA (ignored on the CPU)

@@ -9,7 +9,8 @@ Files written to ``config.out`` (atomically, except the appended ``train.log``):
 - ``train_state.pt``: weights, optimiser state, iteration, seed and loss history, tensors and primitives only
   (``torch.load(..., weights_only=True)`` reads it); ``--resume`` continues from it;
 - ``train_config.json`` (the run's configuration) at the start; ``train.log`` (a line every ``log_every``
-  iterations); ``losses.csv`` and ``loss_curve.png`` at the end.
+  iterations), with ``--tensorboard`` the same values as TensorBoard events in ``tensorboard/``; ``losses.csv``
+  and ``loss_curve.png`` at the end.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ STATE_FORMAT = "kmnrt-train-state-v1"
 CHECKPOINT_NAME = "model.safetensors"
 STATE_NAME = "train_state.pt"
 LOG_NAME = "train.log"
+TENSORBOARD_DIR = "tensorboard"
 
 
 @dataclass
@@ -51,6 +53,16 @@ class TrainResult:
     iterations: int      # the iteration count reached (the run's total)
     losses: list[float]  # one mean batch loss per iteration, from iteration 0 (resumed runs included)
     seconds: float       # wall time of this invocation
+
+
+def tensorboard_writer(folder: Path):
+    """torch's SummaryWriter, which needs the tensorboard package: not a dependency of kmnrt, so asked for."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # torch raises it naming a missing module, which says nothing of --tensorboard
+        raise UserInputError("--tensorboard needs the tensorboard package: pip install tensorboard (or "
+                             "kmnrt[tensorboard]), or train without --tensorboard") from None
+    return SummaryWriter(str(folder))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -202,6 +214,7 @@ def train(config: TrainConfig, progress: bool = True, bar_position: int | None =
 
     started = time.perf_counter()
     device = resolve_device(config.device)
+    events = tensorboard_writer(Path(config.out) / TENSORBOARD_DIR) if config.tensorboard else None  # fail early
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     model = build_model(get_config(config.model), seed=config.seed)
@@ -241,7 +254,7 @@ def train(config: TrainConfig, progress: bool = True, bar_position: int | None =
     loader = DataLoader(dataset, batch_size=config.batch, sampler=range(start * config.batch, len(dataset)),
                         collate_fn=list, num_workers=config.workers)
     checkpoint, state_path, averaged = out / CHECKPOINT_NAME, out / STATE_NAME, out / AVERAGED_NAME
-    log = TrainLog(out / LOG_NAME, config, start)
+    log = TrainLog(out / LOG_NAME, config, start, events)
     until = config.batchnorm_until
     set_train_mode(model, config.freeze_batchnorm and (until is None or start >= until))
     bar = tqdm(total=config.iterations, initial=start, desc=f"train {config.model} {config.stage} seed {config.seed}",
@@ -273,6 +286,7 @@ def train(config: TrainConfig, progress: bool = True, bar_position: int | None =
                 save_checkpoint(model, averaged, state=average.mean(model))
             save_state(state_path, model, optimizer, config, done, losses, scaler, average)
     bar.close()
+    log.close()
     model.eval()
     with atomic_output(out / "losses.csv") as tmp:
         tmp.write_text("iteration,loss\n" + "".join(f"{i},{v:.6f}\n" for i, v in enumerate(losses)))
@@ -283,20 +297,28 @@ def train(config: TrainConfig, progress: bool = True, bar_position: int | None =
 
 class TrainLog:
     """``train.log``: one line per ``log_every`` iterations (mean loss since the last line, lr, seconds per
-    iteration), appended and flushed, so a background run can be watched with ``tail -f``."""
+    iteration), appended and flushed, so a background run can be watched with ``tail -f``; the same values as
+    TensorBoard scalars to ``events``, a SummaryWriter, when given (a resumed run adds an event file)."""
 
-    def __init__(self, path: Path, config: TrainConfig, start: int):
-        self.path, self.last, self.clock = path, start, time.perf_counter()
+    def __init__(self, path: Path, config: TrainConfig, start: int, events=None):
+        self.path, self.last, self.clock, self.events = path, start, time.perf_counter(), events
         self._append(f"# {config.model} {config.stage}: iterations {start} -> {config.iterations}, "
                      f"batch {config.batch}, size {config.size}, seed {config.seed}, device {config.device}\n")
 
     def write(self, done: int, losses: list[float], lr: float) -> None:
         now = time.perf_counter()
         window = losses[self.last:done]
-        seconds = (now - self.clock) / max(done - self.last, 1)
-        self._append(f"{time.strftime('%H:%M:%S')} it {done} loss {sum(window) / max(len(window), 1):.4f} "
-                     f"lr {lr:.2e} {seconds:.2f} s/it\n")
+        loss, seconds = sum(window) / max(len(window), 1), (now - self.clock) / max(done - self.last, 1)
+        self._append(f"{time.strftime('%H:%M:%S')} it {done} loss {loss:.4f} lr {lr:.2e} {seconds:.2f} s/it\n")
+        if self.events is not None:
+            for tag, value in (("train/loss", loss), ("train/lr", lr), ("train/seconds_per_iteration", seconds)):
+                self.events.add_scalar(tag, value, done)
+            self.events.flush()  # as train.log: visible while the run goes on
         self.last, self.clock = done, now
+
+    def close(self) -> None:
+        if self.events is not None:
+            self.events.close()
 
     def note(self, text: str) -> None:
         self._append(f"{time.strftime('%H:%M:%S')} {text}\n")

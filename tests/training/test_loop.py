@@ -42,6 +42,34 @@ def test_a_run_writes_weights_state_log_and_curve(small_config):
     assert not torch.equal(model.decoder.pred2.weight, fresh.decoder.pred2.weight)  # it trained
 
 
+def test_tensorboard_events_hold_what_train_log_says(small_config, tmp_path):
+    """--tensorboard: the loss, lr and pace of every train.log line as scalars TensorBoard itself reads back; a
+    resumed run adds its own event file, and the steps go on where the first file stopped."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = dataclasses.replace(small_config, log_every=1, tensorboard=True, iterations=2)
+    train(config, progress=False)
+    state = config.out / "train_state.pt"
+    train(dataclasses.replace(config, iterations=4, resume=state), progress=False)
+    events = EventAccumulator(str(config.out / "tensorboard"))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {"train/loss", "train/lr", "train/seconds_per_iteration"}
+    logged = [line.split() for line in (config.out / "train.log").read_text().splitlines() if " it " in line]
+    assert [event.step for event in events.Scalars("train/loss")] == [int(line[2]) for line in logged] == [1, 2, 3, 4]
+    assert [f"{event.value:.4f}" for event in events.Scalars("train/loss")] == [line[4] for line in logged]
+    assert [f"{event.value:.2e}" for event in events.Scalars("train/lr")] == [line[6] for line in logged]
+    assert len(list((config.out / "tensorboard").glob("events.out.tfevents.*"))) == 2
+
+
+def test_tensorboard_missing_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "torch.utils.tensorboard", None)  # as if not installed
+    assert kmnrt_main(["train", "--config", "tiny", "--iterations", "1", "--size", "64", "--tensorboard", "--out",
+                       str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: --tensorboard needs the tensorboard package: pip install tensorboard")
+    assert "Traceback" not in error and not (tmp_path / "run").exists()  # asked before anything is written
+
+
 def test_resume_continues_exactly_like_an_uninterrupted_run(small_config, tmp_path):
     whole = _schedule_free(dataclasses.replace(small_config, out=tmp_path / "whole", log_every=1))
     full = train(whole, progress=False)
