@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -49,6 +50,19 @@ def exit_status(main: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`kmnrt inspect | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return 141
+    except OSError as exc:  # a path of the user's that cannot be read or written where the commands do not ask
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return UserInputError.exit_code
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``Permission denied: out/run (check the path and its permissions)``: what failed, on which path."""
+    paths = " -> ".join(str(name) for name in (exc.filename, exc.filename2) if name is not None)
+    reason = exc.strerror or str(exc)
+    return f"{reason}: {paths} (check the path and its permissions)" if paths else reason
 
 
 def _show_warning(show_others: Callable) -> Callable:

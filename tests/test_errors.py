@@ -1,0 +1,28 @@
+"""How errors reach the user: one line and an exit status, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from kmnrt.cli import main as kmnrt_main
+
+
+def test_a_path_that_cannot_be_written_is_a_one_line_error(tmp_path, capsys):
+    """An OSError the commands do not anticipate (a file where a folder must be) still names the path."""
+    (tmp_path / "file").write_text("not a folder")
+    assert kmnrt_main(["generate-data", "--videos", "1", "--frames", "3", "--height", "32", "--width", "48",
+                       "--out", str(tmp_path / "file" / "videos")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: Not a directory: ") and str(tmp_path / "file") in error
+    assert error.endswith("(check the path and its permissions)")
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly():
+    """`kmnrt inspect | head -1`: the broken pipe is the reader's choice, not an error worth a traceback."""
+    script = ("import sys; from kmnrt.errors import exit_status; "
+              "sys.exit(exit_status(lambda: [print('x' * 100) for _ in range(100_000)] and 0))")
+    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert writer.stdout.read(10) == b"x" * 10
+    writer.stdout.close()  # the reader goes away
+    assert writer.wait(timeout=60) == 141 and writer.stderr.read() == b""
