@@ -71,7 +71,7 @@ def run_track(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from kmnrt.data import open_frames, output_folder, read_masks, write_label_png
+    from kmnrt.data import open_frames, output_folder, read_masks, refuse_writing_over_inputs, write_label_png
     from kmnrt.model.checkpoint import choose_read, choose_short_side, load_model
     from kmnrt.model.config import get_config
     from kmnrt.model.reference import ReferenceTracker, TrackerConfig
@@ -91,6 +91,7 @@ def run_track(args: argparse.Namespace) -> int:
 
     source = open_frames(args.input, max_frames=args.max_frames)
     first_mask, later_masks = read_masks(args.mask, source.names)
+    refuse_writing_over_inputs(args.out, {"--input": args.input, "--mask": args.mask}, source.names)
     output_folder(args.out)
     names = source.names
     frames = (frame for _, frame in source)

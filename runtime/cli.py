@@ -47,15 +47,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_video(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from kmnrt.data import open_frames, output_folder, read_masks, write_label_png
+    from kmnrt.data import open_frames, output_folder, read_masks, refuse_writing_over_inputs, write_label_png
     from kmnrt.runtime.timing import StageTimes
     from kmnrt.runtime.tracker import Tracker
 
     if args.overlay is not None and args.overlay.suffix.lower() != ".mp4":
         raise UserInputError(f"--overlay {args.overlay}: write the overlay as an .mp4 file")
+    if args.overlay is not None and args.overlay.exists() and args.input.exists() \
+            and os.path.samefile(args.overlay, args.input):
+        raise UserInputError(f"--overlay {args.overlay} is the --input video: it would be written over; "
+                             f"give the overlay another name")
     source = open_frames(args.input, max_frames=args.max_frames)
     first_mask, later_masks = read_masks(args.mask, source.names)
     masks = {0: first_mask, **later_masks}
+    refuse_writing_over_inputs(args.out, {"--input": args.input, "--mask": args.mask}, source.names)
     output_folder(args.out)
     tracker = Tracker.from_bundle(args.bundle, backend=args.backend, device=args.device, mem_every=args.mem_every)
     print(f"{tracker.runner.selection}: {tracker.runner.describe()}", file=sys.stderr)

@@ -107,6 +107,9 @@ def bad_input_cases(tmp_path, shared_vos):
     other = tmp_path / "paper.pth"
     torch.save({"module.Encoder_M.conv1.weight": torch.zeros(64, 3, 7, 7)}, other)
     frames = seq / "JPEGImages"
+    (tmp_path / "pred").mkdir()  # the --out of every case: here also the frames of one
+    for name in ("00000.jpg", "00001.jpg"):
+        shutil.copy(frames / name, tmp_path / "pred" / name)
     return {
         "empty frame folder": (["--input", tmp_path / "empty", "--mask", mask], str(tmp_path / "empty")),
         "mask of another size": (["--input", frames, "--mask", tmp_path / "small.png"], "differs from the frame size"),
@@ -117,12 +120,13 @@ def bad_input_cases(tmp_path, shared_vos):
                                                "does not fit the tiny model"),
         "missing mask": (["--input", frames, "--mask", tmp_path / "nope.png"], "nope.png"),
         "tiny short side": (["--input", frames, "--mask", mask, "--short-side", 8], "--short-side must be 0"),
+        "output over the input": (["--input", tmp_path / "pred", "--mask", mask], "is the --input folder"),
     }
 
 
 @pytest.mark.parametrize("case", ["empty frame folder", "mask of another size", "first mask without object",
                                   "unreadable image", "checkpoint of another architecture", "missing mask",
-                                  "tiny short side"])
+                                  "tiny short side", "output over the input"])
 def test_bad_input_gives_one_clear_error(tmp_path, capsys, shared_vos, tiny_checkpoint, case):
     args, expected = bad_input_cases(tmp_path, shared_vos)[case]
     if "--checkpoint" not in args:

@@ -87,8 +87,8 @@ def test_run_on_a_video_file_of_another_size(tiny_bundle, bmx_small, tmp_path):
 
 def test_run_warns_when_a_video_holds_more_frames_than_it_declares(tiny_bundle, bmx_small, tmp_path, capsys,
                                                                    under_declared_video):
-    video = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (106, 60))
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (106, 60))
     for frame in bmx_small.frames[:6]:
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
@@ -139,6 +139,35 @@ def test_run_errors_are_one_line(tiny_bundle, video_folder, tmp_path, capsys, pr
     assert message in err and err.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in err
 
 
+def test_run_refuses_to_write_over_its_own_input(tiny_bundle, video_folder, bmx_small, tmp_path, capsys):
+    """--out on the frames or the masks, a first mask where a frame's mask would go, --overlay on the video:
+    each is refused before anything is written, and the input stays as it was."""
+    frames, mask = video_folder
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    (masks / "00000.png").write_bytes(mask.read_bytes())
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (106, 60))
+    for frame in bmx_small.frames[:3]:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    before = {path: path.read_bytes() for path in [*frames.iterdir(), *masks.iterdir(), video]}
+    cases = [
+        (["--input", frames, "--mask", mask, "--out", frames], f"--out {frames} is the --input folder"),
+        (["--input", frames, "--mask", masks, "--out", masks], f"--out {masks} is the --mask folder"),
+        (["--input", frames, "--mask", masks / "00000.png", "--out", masks],
+         f"--out {masks} holds --mask 00000.png, which the masks would overwrite"),
+        (["--input", video, "--mask", mask, "--out", tmp_path / "out", "--overlay", video],
+         f"--overlay {video} is the --input video"),
+    ]
+    for argv, message in cases:
+        assert run("--bundle", tiny_bundle, *argv) == 2
+        err = capsys.readouterr().err
+        assert err.strip().splitlines()[-1].startswith(f"error: {message}"), err
+    assert {path: path.read_bytes() for path in before} == before
+    assert sorted(path.name for path in masks.iterdir()) == ["00000.png"] and not (tmp_path / "out").exists()
+
+
 def test_eval_bundle_runs_and_scores(tiny_bundle, bmx_small, tmp_path, capsys):
     """``kmnrt eval --bundle B --dataset ROOT`` equals running, saving and scoring the saved masks."""
     root = tmp_path / "davis"
@@ -158,3 +187,8 @@ def test_eval_bundle_runs_and_scores(tiny_bundle, bmx_small, tmp_path, capsys):
     assert "J&F-Mean" in capsys.readouterr().out
     assert main(["eval", "--bundle", str(tiny_bundle), "--dataset", str(root), str(saved)]) == 2
     assert "PRED_ROOT" in capsys.readouterr().err
+    truth = {path: path.read_bytes() for path in (root / "Annotations" / "480p" / "bmx").iterdir()}
+    assert main(["eval", "--bundle", str(tiny_bundle), "--dataset", str(root), "--save-masks",
+                 str(root / "Annotations" / "480p")]) == 2  # would have overwritten the ground truth, then scored 1
+    assert "is the ground-truth (bmx) folder" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in truth} == truth

@@ -6,7 +6,7 @@ Public API (imported lazily, so ``import kmnrt.data`` does not load numpy, OpenC
   ``colorize_labels``
 - frames:   ``read_image``, ``open_frames``, ``FrameSource``, ``ImageFolderSource``, ``VideoFileSource``
 - datasets: ``Sequence``, ``find_sequences``, ``read_annotation``, ``open_sequence_frames``
-- files:    ``atomic_output``, ``output_folder``
+- files:    ``atomic_output``, ``output_folder``, ``refuse_writing_over_inputs``
 """
 
 from __future__ import annotations
@@ -35,12 +35,13 @@ _EXPORTS = {
     "read_annotation": "kmnrt.data.davis",
     "atomic_output": "kmnrt.data.atomic",
     "output_folder": "kmnrt.data.atomic",
+    "refuse_writing_over_inputs": "kmnrt.data.atomic",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from kmnrt.data.atomic import atomic_output, output_folder
+    from kmnrt.data.atomic import atomic_output, output_folder, refuse_writing_over_inputs
     from kmnrt.data.davis import Sequence, find_sequences, open_sequence_frames, read_annotation
     from kmnrt.data.frames import (
         IMAGE_EXTENSIONS,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -58,3 +58,24 @@ def output_folder(path: str | os.PathLike[str], option: str = "--out") -> Path:
         raise UserInputError(f"{option} {path}: cannot create the folder ({exc.strerror or exc}); choose a "
                              f"writable location") from None
     return path
+
+
+def refuse_writing_over_inputs(out: str | os.PathLike[str], inputs: Mapping[str, str | os.PathLike[str] | None],
+                               written: Collection[str], option: str = "--out") -> None:
+    """A command that writes ``<name>.png`` into ``out`` for each name in ``written`` must not replace its own
+    input: ``out`` may not be an input folder (frames, masks: overwritten or mixed with them), nor hold an input
+    file under a name it writes. ``inputs``: option name -> path. Checked before anything is written."""
+    out = Path(out)
+    if not out.is_dir():
+        return  # a folder still to be created holds nothing
+    for name, path in inputs.items():
+        if path is None:
+            continue
+        path = Path(path)
+        if path.is_dir() and os.path.samefile(path, out):
+            raise UserInputError(f"{option} {out} is the {name} folder: the masks would be written over or among "
+                                 f"its files; choose another folder")
+        if (path.is_file() and path.suffix.lower() == ".png" and path.stem in written
+                and os.path.samefile(path.parent, out)):
+            raise UserInputError(f"{option} {out} holds {name} {path.name}, which the masks would overwrite; "
+                                 f"choose another folder")

@@ -82,11 +82,15 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.pred_root is not None:
             raise UserInputError(f"--bundle runs the tracker and scores its masks; PRED_ROOT ({args.pred_root}) "
                                  "is not used with it: drop one of the two")
-        from kmnrt.data.atomic import output_folder
+        from kmnrt.data.atomic import output_folder, refuse_writing_over_inputs
         from kmnrt.runtime.dataset import run_dataset
         from kmnrt.runtime.tracker import Tracker
 
         if args.save_masks is not None:
+            for sequence in sequences:  # DIR/<seq>/ must not be a sequence's own ground truth or frames
+                refuse_writing_over_inputs(args.save_masks / sequence.name, {
+                    f"ground-truth ({sequence.name})": sequence.annotations_dir,
+                    f"frames ({sequence.name})": sequence.frames_dir}, (), option=f"--save-masks {args.save_masks}:")
             output_folder(args.save_masks, "--save-masks")
         tracker = Tracker.from_bundle(args.bundle, backend=args.backend, mem_every=args.mem_every)
         print(tracker.runner.selection, file=sys.stderr)
