@@ -115,3 +115,53 @@ def test_stop_finishes_queued_frames(tracker, videos):
     with pytest.raises(ServiceError) as raised:
         worker.submit_frame(session, 5, clip.frames[4])
     assert raised.value.status == 503
+
+
+def test_requests_that_gave_up_leave_the_worker_serving(tracker, videos):
+    """A client that leaves cancels its frame's future (asyncio.wrap_future passes the cancellation on). The worker
+    skips a cancelled frame, drops one under `latest` without answering it, and serves on; answering a cancelled
+    future used to raise in the device thread, and every later request hung."""
+    registry, worker = _worker(tracker, max_batch=1, queue_depth=2)
+    try:
+        clip = videos(70, 5)
+        blocked = _open(registry, tracker, clip)
+        release, _ = _hold(worker, blocked)
+        gave_up = worker.submit_frame(blocked, 1, clip.frames[1])[0]
+        assert gave_up.cancel()
+        kept = worker.submit_frame(blocked, 2, clip.frames[2])[0]
+        release.set()
+        assert kept.result(30).result.index == 1  # the runtime saw one frame: the cancelled one never ran
+
+        latest = _open(registry, tracker, clip, "latest")
+        release, _ = _hold(worker, latest)
+        futures = [worker.submit_frame(latest, i, clip.frames[i])[0] for i in (1, 2)]
+        assert futures[0].cancel()
+        last = worker.submit_frame(latest, 3, clip.frames[3])[0]  # drops the cancelled frame 1
+        release.set()
+        assert last.result(30).result.index >= 1 and futures[0].cancelled()
+        assert worker.submit_frame(blocked, 3, clip.frames[3])[0].result(30).result.index == 2
+        assert worker.failure is None and worker.ready.is_set()
+    finally:
+        worker.stop(10)
+
+
+def test_a_failure_outside_the_tracker_evicts_its_sessions_and_the_worker_serves_on(tracker, videos, monkeypatch):
+    """The tracker's own failures are caught where it is called; this is the net under the worker's bookkeeping
+    (simulated by a step that raises once): the session in the batch is closed with 500, the others go on."""
+    registry, worker = _worker(tracker, max_batch=1)
+    try:
+        clip = videos(80, 3)
+        doomed, healthy = _open(registry, tracker, clip), _open(registry, tracker, clip)
+        run_steps = worker._run_steps
+
+        def fail_once(batch, started):
+            monkeypatch.setattr(worker, "_run_steps", run_steps)
+            raise RuntimeError("a bug in the bookkeeping (simulated)")
+
+        monkeypatch.setattr(worker, "_run_steps", fail_once)
+        with pytest.raises(ServiceError) as raised:
+            worker.submit_frame(doomed, 1, clip.frames[1])[0].result(30)
+        assert (raised.value.status, raised.value.code) == (500, "device_error") and doomed.closed_reason
+        assert worker.submit_frame(healthy, 1, clip.frames[1])[0].result(30).result.index == 1
+    finally:
+        worker.stop(10)

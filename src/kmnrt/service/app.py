@@ -197,7 +197,7 @@ def create_app(settings: ServiceSettings, tracker: Tracker | None = None) -> Fas
     @app.get("/v2/health/live", response_model=Health, tags=["health"], responses={503: {"model": Health}})
     async def live(request: Request):
         ctx: ServiceContext | None = getattr(request.app.state, "ctx", None)
-        if ctx is not None and ctx.worker.warmup_error is not None:  # never going to serve: let it be restarted
+        if ctx is not None and ctx.worker.failure is not None:  # never going to serve: let it be restarted
             return JSONResponse(Health(status="failed").model_dump(), status_code=503)
         return Health(status="live")
 
@@ -208,8 +208,8 @@ def create_app(settings: ServiceSettings, tracker: Tracker | None = None) -> Fas
         if ctx is None or not ctx.worker.ready.is_set() or ctx.stopping:
             if ctx is not None and ctx.stopping:
                 status = "stopping"
-            elif ctx is not None and ctx.worker.warmup_error is not None:
-                status = "failed"  # the engines failed to warm up: this instance will never get ready
+            elif ctx is not None and ctx.worker.failure is not None:
+                status = "failed"  # the warm-up or the worker failed: this instance will never be ready
             else:
                 status = "not_ready"  # loading or warming up
             return JSONResponse(Health(status=status).model_dump(), status_code=503)

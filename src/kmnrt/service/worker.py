@@ -13,7 +13,8 @@ import logging
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -58,7 +59,7 @@ class DeviceWorker:
         self._stopping = False
         self._thread = threading.Thread(target=self._main, name="kmnrt-device-worker", daemon=True)
         self.ready = threading.Event()           # set once warmed up: work is accepted from then on
-        self.warmup_error: BaseException | None = None  # why the warm-up failed (the worker never gets ready)
+        self.failure: BaseException | None = None  # why the worker stopped serving: a failed warm-up or a crash
         self._warm_first = True
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
@@ -79,12 +80,22 @@ class DeviceWorker:
             try:
                 self._warmup()
             except Exception as exc:  # noqa: BLE001 - /v2/health/* report it; the server stays up to say so
-                self.warmup_error = exc
+                self.failure = exc
                 log.error("engine warm-up failed; the service will not get ready", exc_info=exc,
                           extra={"event": "warmup_failed", "error": repr(exc)})
                 return
             self._set_ready(time.perf_counter() - started)
-        self._loop()
+        try:
+            self._loop()
+        except Exception as exc:  # noqa: BLE001 - a bug: say so everywhere rather than leave requests hanging
+            self.failure = exc
+            self.ready.clear()
+            log.error("the device worker stopped; this instance will not serve again", exc_info=exc,
+                      extra={"event": "worker_failed", "error": repr(exc)})
+            with self._lock:
+                waiting = [job for session in self._ready for job in session.pending]
+            fail_jobs(waiting, ServiceError(503, "not_ready", "the device worker of this instance failed; use "
+                                            "another instance"))
 
     def _set_ready(self, warmup_s: float) -> None:
         if not self._stopping:  # a stop during the warm-up: never report ready
@@ -127,7 +138,7 @@ class DeviceWorker:
             session.remember(index, future)
         for job in dropped:  # counted before answered, so a client that saw the answer sees it in /metrics
             self.metrics.frames.labels("dropped").inc()
-            job.future.set_result(DROPPED)
+            settle(job.future, DROPPED)
         return future, False
 
     def submit_call(self, session: Session, call) -> Future:
@@ -140,8 +151,8 @@ class DeviceWorker:
 
     def _check_open(self, session: Session) -> None:
         if not self.ready.is_set() and not self._stopping:
-            if self.warmup_error is not None:
-                raise ServiceError(503, "not_ready", "the engines failed to warm up, so this instance will not "
+            if self.failure is not None:
+                raise ServiceError(503, "not_ready", "the device worker of this instance failed, so it will not "
                                    "serve (its log says why); use another instance")
             raise ServiceError(503, "not_ready", "the engines are still warming up; retry when /v2/health/ready "
                                "answers 200", {"Retry-After": "1"})
@@ -167,7 +178,11 @@ class DeviceWorker:
                 batch = self._next_batch()
                 if batch is None:
                     return
-            self._run(batch)
+            try:
+                self._run(batch)
+            except Exception as exc:  # noqa: BLE001 - a bug of the worker's own: evict these sessions, serve on
+                for job in batch:
+                    self._fail(job, exc)
             with self._lock:
                 for job in batch:
                     session = job.session
@@ -218,6 +233,9 @@ class DeviceWorker:
         return batch
 
     def _run(self, batch: list[Job]) -> None:
+        # A request that gave up (its client left) cancelled its future: skip its work. The others can no longer
+        # be cancelled from here on, so their answers cannot be refused.
+        batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
         now = time.perf_counter()
         for job in batch:
             self.metrics.queue_wait_seconds.observe(now - job.enqueued_at)
@@ -272,12 +290,20 @@ class DeviceWorker:
         error = ServiceError(500, "device_error", "the device failed on this session's frame; the session was "
                              "closed, start a new one")
         for other in [job, *waiting]:
-            other.future.set_exception(error)
+            settle(other.future, error=error)
 
 
 
 def fail_jobs(jobs: list[Job], error: ServiceError) -> None:
     """Answer jobs that will never run (their session closed) with ``error``."""
     for job in jobs:
-        if not job.future.done():
-            job.future.set_exception(error)
+        settle(job.future, error=error)
+
+
+def settle(future: Future, value: object = None, error: BaseException | None = None) -> None:
+    """Answer a future that may already be answered or cancelled (its request gave up), without raising."""
+    with suppress(InvalidStateError):  # cancel() may come from the event loop between any check and the answer
+        if error is None:
+            future.set_result(value)
+        else:
+            future.set_exception(error)
