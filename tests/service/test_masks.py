@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -81,6 +83,22 @@ def test_decode_frame_refuses_bad_data():
     with pytest.raises(ServiceError) as raised:
         decode_frame(jpeg, 599, "f")  # 600 pixels
     assert (raised.value.status, raised.value.code) == (413, "frame_too_large")
+
+
+@pytest.mark.parametrize("side", [10_000, 20_000])  # 100 Mpx: Pillow warns; 400 Mpx: Pillow refuses to open
+def test_a_header_that_claims_a_huge_image_is_413_for_frames_and_masks(side, recwarn):
+    """Only the header is read: a few hundred bytes claiming side x side pixels, Pillow's decompression bomb."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"\0" * (side + 1))) + chunk(b"IEND", b""))
+    for decode in (decode_frame, decode_mask_png):
+        with pytest.raises(ServiceError) as raised:
+            decode(png, 10**7, "frame 1")
+        assert (raised.value.status, raised.value.code) == (413, "frame_too_large")
+        assert raised.value.message.startswith("frame 1: ") and "limit of 10000000 pixels" in raised.value.message
+    assert not recwarn.list  # nothing printed past the JSON logs
 
 
 def test_decode_mask_png_reads_ids_and_refuses_rgb():

@@ -27,11 +27,7 @@ def decode_frame(data: bytes, max_pixels: int, where: str) -> np.ndarray:
     """JPEG/PNG bytes -> [H, W, 3] uint8 RGB; the pixel count is checked from the header before decoding."""
     from PIL import Image
 
-    image = _open_image(data, where)
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ServiceError(413, "frame_too_large", f"{where}: {width}x{height} is {width * height} pixels, more "
-                           f"than the server's limit of {max_pixels}; downscale the frames")
+    image = _open_image(data, where, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -45,10 +41,7 @@ def decode_frame(data: bytes, max_pixels: int, where: str) -> np.ndarray:
 
 def decode_mask_png(data: bytes, max_pixels: int, where: str) -> np.ndarray:
     """An indexed or grayscale PNG of object ids -> [H, W] uint8 (values are the ids; colours are ignored)."""
-    image = _open_image(data, where)
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ServiceError(413, "frame_too_large", f"{where}: {width}x{height} exceeds {max_pixels} pixels")
+    image = _open_image(data, where, max_pixels)
     if image.format != "PNG" or image.mode not in ("P", "L", "1"):
         raise bad_input(f"{where}: a mask must be an indexed (palette) or 8-bit grayscale PNG whose pixel values "
                         f"are the object ids, got a {image.format} of mode {image.mode}", "invalid_mask")
@@ -59,13 +52,19 @@ def decode_mask_png(data: bytes, max_pixels: int, where: str) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def _open_image(data: bytes, where: str):
+def _open_image(data: bytes, where: str, max_pixels: int):
+    """Open (not decode) a JPEG or PNG and check its size from the header against ``max_pixels``."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise bad_input(f"{where}: the image is empty", "corrupt_image")
+    too_large = f"more than the server's limit of {max_pixels} pixels; downscale the frames"
     try:
-        image = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # Pillow's own bomb limit, 89 Mpx, warns on stderr: the check below is ours
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:  # over twice Pillow's limit: refused before the size can be read
+        raise ServiceError(413, "frame_too_large", f"{where}: its header claims {too_large}") from None
     except UnidentifiedImageError:
         raise bad_input(f"{where}: not a JPEG or PNG image ({len(data)} bytes of something else)",
                         "corrupt_image") from None
@@ -73,6 +72,10 @@ def _open_image(data: bytes, where: str):
         raise bad_input(f"{where}: not a readable JPEG or PNG image ({exc})", "corrupt_image") from exc
     if image.format not in IMAGE_FORMATS:
         raise bad_input(f"{where}: {image.format} images are not accepted; send JPEG or PNG", "corrupt_image")
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ServiceError(413, "frame_too_large", f"{where}: {width}x{height} is {width * height} pixels, "
+                           f"{too_large}")
     return image
 
 
