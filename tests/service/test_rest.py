@@ -130,6 +130,9 @@ def test_rle_mask_input_and_objects_added_and_removed(make_client, videos, track
     new_mask = np.zeros_like(video.mask)
     new_mask[40:55, 70:95] = 9
     client = ServiceClient(http=http)
+    unmasked = http.post(f"/v1/sessions/{session_id}/objects", files={"frame": ("f.png", _png(video.frames[1]))},
+                         data={"frame_index": "1"})  # no mask: refused, not run as a plain frame
+    assert "give exactly one of a PNG mask or an RLE mask" in _error(unmasked, 400, "invalid_mask")["message"]
     added = client.add_objects(session_id, 1, video.frames[1], new_mask)
     assert added.object_ids == ids + [9]
     # the same through the runtime directly
@@ -141,6 +144,10 @@ def test_rle_mask_input_and_objects_added_and_removed(make_client, videos, track
     assert np.array_equal(client.send_frame(session_id, 2, video.frames[2]).labels,
                           tracker.step(state, video.frames[2]).mask)
     _error(http.delete(f"/v1/sessions/{session_id}/objects/42"), 404, "object_not_found")
+    for object_id in ids[:-1]:
+        client.remove_object(session_id, object_id)
+    last = _error(http.delete(f"/v1/sessions/{session_id}/objects/{ids[-1]}"), 400, "invalid_input")
+    assert last["message"].endswith(f"delete the session (DELETE /v1/sessions/{session_id})")
 
 
 def test_ttl_expiry_answers_410(make_client, videos):

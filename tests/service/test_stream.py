@@ -38,7 +38,9 @@ def test_stream_session_equals_the_runtime(make_client, videos, reference, track
         ws.send_json({"type": "frame", "frame_index": 4, "frame": "%%%"})
         assert ws.receive_json()["error"]["code"] == "invalid_input"
         ws.send_text("{not json")
-        assert ws.receive_json()["error"]["code"] == "invalid_message"
+        error = ws.receive_json()["error"]
+        assert error["code"] == "invalid_message"
+        assert error["message"].startswith("the message does not match the protocol: Invalid JSON")
         for index in range(4, 7):  # binary frames take the next index
             ws.send_bytes(encode_frame(video.frames[index]))
             answer = ws.receive_json()
@@ -62,6 +64,10 @@ def test_stream_add_objects_and_disconnect_deletes(make_client, videos, tracker)
         ws.send_json({"type": "start", "frame": _b64(encode_frame(video.frames[0])),
                       "mask": _b64(encode_mask_png(video.mask))})
         session_id = ws.receive_json()["session"]["session_id"]
+        ws.send_json({"type": "add_objects", "frame_index": 1, "frame": _b64(encode_frame(video.frames[1]))})
+        error = ws.receive_json()  # no mask: not quietly a plain frame, and frame 1 is still to come
+        assert error["error"]["code"] == "invalid_mask" and not error["fatal"]
+        assert "give exactly one of a PNG mask or an RLE mask" in error["error"]["message"]
         ws.send_json({"type": "add_objects", "frame_index": 1, "frame": _b64(encode_frame(video.frames[1])),
                       "mask": _b64(encode_mask_png(new_mask))})
         answer = ws.receive_json()["result"]

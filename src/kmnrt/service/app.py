@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kmnrt import __version__
 from kmnrt.errors import UserInputError
-from kmnrt.service.errors import ServiceError
+from kmnrt.service.errors import ServiceError, validation_problems
 from kmnrt.service.metrics import ServiceMetrics
 from kmnrt.service.schemas import ErrorBody, Health
 from kmnrt.service.sessions import CloseReason, SessionRegistry
@@ -263,8 +263,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         _count_error(request, "invalid_request")
-        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
-        return _error_response(422, "invalid_request", problems or "the request does not match the API")
+        return _error_response(422, "invalid_request",
+                               validation_problems(exc.errors()) or "the request does not match the API")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

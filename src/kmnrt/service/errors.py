@@ -17,3 +17,10 @@ class ServiceError(Exception):
 
 def bad_input(message: str, code: str = "invalid_input") -> ServiceError:
     return ServiceError(400, code, message)
+
+
+def validation_problems(errors: list[dict]) -> str:
+    """Pydantic's errors as one line, ``field.sub: message; ...``; an error of the whole text (invalid JSON) has no
+    location, so it reads as its message alone."""
+    lines = (f"{'.'.join(str(part) for part in error.get('loc', ()))}: {error.get('msg')}" for error in errors)
+    return "; ".join(line.removeprefix(": ") for line in lines)

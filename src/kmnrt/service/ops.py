@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -55,15 +56,24 @@ async def create_session(ctx: ServiceContext, frame_bytes: bytes, mask_png: byte
             "mask_format": session.mask_format, "queue_policy": session.queue_policy, "result": result}
 
 
+@dataclass(frozen=True)
+class NewObjects:
+    """The mask of an ``add_objects`` request, as sent: exactly one of the two must be given."""
+
+    png: bytes | None = None
+    rle: MaskRle | None = None
+
+
 async def run_frame(ctx: ServiceContext, session_id: str, index: int, frame_bytes: bytes,
-                    mask_png: bytes | None = None, mask_rle: MaskRle | None = None) -> dict:
-    """Frame ``index`` of a session (with a mask: new objects that first appear in it). -> ``FrameResult``."""
-    session, future, cached = await queue_frame(ctx, session_id, index, frame_bytes, mask_png, mask_rle)
+                    new_objects: NewObjects | None = None) -> dict:
+    """Frame ``index`` of a session (with ``new_objects``: the mask of objects that first appear in it).
+    -> ``FrameResult``."""
+    session, future, cached = await queue_frame(ctx, session_id, index, frame_bytes, new_objects)
     return await frame_answer(ctx, session, index, future, cached)
 
 
 async def queue_frame(ctx: ServiceContext, session_id: str, index: int, frame_bytes: bytes,
-                      mask_png: bytes | None = None, mask_rle: MaskRle | None = None) -> tuple[Session, Future, bool]:
+                      new_objects: NewObjects | None = None) -> tuple[Session, Future, bool]:
     """Decode and check a frame, then queue it (its index is checked in the order of these calls' ends).
     -> (session, future of the outcome, whether it repeats an earlier index)."""
     session = ctx.registry.get(session_id)
@@ -75,8 +85,8 @@ async def queue_frame(ctx: ServiceContext, session_id: str, index: int, frame_by
         raise bad_input(f"{where} is {frame.shape[1]}x{frame.shape[0]}, but this session's frames are {w}x{h} "
                         f"(width x height)", "wrong_frame_size")
     call = None
-    if mask_png is not None or mask_rle is not None:
-        mask = await _decode_mask(ctx, mask_png, mask_rle, session.frame_size, f"mask of {where}")
+    if new_objects is not None:
+        mask = await _decode_mask(ctx, new_objects.png, new_objects.rle, session.frame_size, f"mask of {where}")
 
         def call(tracker, session: Session):
             return tracker.add_objects(session.state, frame, mask, keep_probs=False)
@@ -102,6 +112,9 @@ async def remove_object(ctx: ServiceContext, session_id: str, object_id: int) ->
         if object_id not in session.state.object_ids:
             raise ServiceError(404, "object_not_found", f"object {object_id} is not tracked in session "
                                f"{session.id} (tracked: {session.state.object_ids})")
+        if session.state.object_ids == [object_id]:  # the runtime's own message speaks of its Python API
+            raise bad_input(f"object {object_id} is the last object of session {session.id}; to stop tracking it, "
+                            f"delete the session (DELETE /v1/sessions/{session.id})")
         tracker.remove_object(session.state, object_id)
 
     await asyncio.wrap_future(ctx.worker.submit_call(session, remove))

@@ -8,7 +8,7 @@ from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from pydantic import BaseModel, ValidationError
 
 from kmnrt.service import ops
-from kmnrt.service.errors import ServiceError
+from kmnrt.service.errors import ServiceError, validation_problems
 from kmnrt.service.schemas import ErrorBody, FrameResult, MaskRle, SessionCreated, SessionInfo, SessionOptions
 from kmnrt.service.sessions import session_info
 
@@ -53,8 +53,8 @@ async def add_objects(request: Request, session_id: str, frame: FrameFile, frame
                       mask: MaskFile = None, mask_rle: MaskRleField = None) -> dict:
     """The next frame with new objects that first appear in it (ids already tracked are ignored)."""
     with request.app.state.ctx.metrics.request_seconds.labels("add_objects").time():
-        return await ops.run_frame(request.app.state.ctx, session_id, frame_index, await frame.read(),
-                                   await _read(mask), _parse_json(MaskRle, mask_rle, "mask_rle"))
+        new_objects = ops.NewObjects(await _read(mask), _parse_json(MaskRle, mask_rle, "mask_rle"))
+        return await ops.run_frame(request.app.state.ctx, session_id, frame_index, await frame.read(), new_objects)
 
 
 @router.delete("/{session_id}/objects/{object_id}", response_model=SessionInfo)
@@ -79,7 +79,4 @@ def _parse_json(model: type[BaseModel], text: str | None, field: str):
     try:
         return model.model_validate_json(text)
     except ValidationError as exc:
-        # an error of the whole text (invalid JSON) has no location: the field's name alone says where
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}".removeprefix(": ")
-                             for e in exc.errors())
-        raise ServiceError(422, "invalid_request", f"{field}: {problems}") from None
+        raise ServiceError(422, "invalid_request", f"{field}: {validation_problems(exc.errors())}") from None

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from kmnrt.errors import UserInputError
 from kmnrt.service import ops
-from kmnrt.service.errors import ServiceError, bad_input
+from kmnrt.service.errors import ServiceError, bad_input, validation_problems
 from kmnrt.service.masks import b64decode
 from kmnrt.service.schemas import CLIENT_MESSAGES, WsAddObjects, WsClose, WsFrame, WsStart
 
@@ -99,8 +99,8 @@ async def _receive(ws: WebSocket, ctx: ServiceContext):
     try:
         return CLIENT_MESSAGES.validate_json(text or "")
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ServiceError(422, "invalid_message", f"the message does not match the protocol: {problems}") from None
+        raise ServiceError(422, "invalid_message", "the message does not match the protocol: "
+                           f"{validation_problems(exc.errors())}") from None
 
 
 async def _queue(ctx: ServiceContext, session_id: str, message):
@@ -111,9 +111,9 @@ async def _queue(ctx: ServiceContext, session_id: str, message):
         return message.frame_index, await ops.queue_frame(ctx, session_id, message.frame_index,
                                                           b64decode(message.frame, "frame"))
     if isinstance(message, WsAddObjects):
-        return message.frame_index, await ops.queue_frame(
-            ctx, session_id, message.frame_index, b64decode(message.frame, "frame"), _optional_b64(message.mask),
-            message.mask_rle)
+        new_objects = ops.NewObjects(_optional_b64(message.mask), message.mask_rle)
+        return message.frame_index, await ops.queue_frame(ctx, session_id, message.frame_index,
+                                                          b64decode(message.frame, "frame"), new_objects)
     raise bad_input("a session is already running on this connection: send frames, add_objects or close")
 
 
