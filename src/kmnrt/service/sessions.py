@@ -78,8 +78,9 @@ class Session:
         if index in self.recent:
             return self.recent[index], []
         if index < self.next_index:
-            raise ServiceError(409, "frame_too_old", f"frame_index {index} was already processed and is no longer "
-                               f"cached (only the last {RECENT_FRAMES} answers are); the next is {self.next_index}")
+            raise ServiceError(409, "frame_too_old", f"frame_index {index} lies behind this session, which takes "
+                               f"{self.next_index} next; an earlier index can only repeat one of the last "
+                               f"{RECENT_FRAMES} answered frames")
         if self.queue_policy == "block" and index != self.next_index:
             raise ServiceError(409, "frame_out_of_order", f"frame_index {index} skips frames: this session expects "
                                f"{self.next_index} next (frames must arrive in order, one index after another)")
@@ -103,6 +104,13 @@ class Session:
         self.recent[index] = future
         while len(self.recent) > RECENT_FRAMES:
             self.recent.popitem(last=False)
+
+    def forget_refused(self, index: int) -> None:
+        """Frame ``index`` was refused by the runtime (a user error, e.g. too many objects): unless a later frame
+        was admitted meanwhile, it did not happen, so its index is free for a corrected retry (lock held)."""
+        if self.next_index == index + 1:
+            self.recent.pop(index, None)
+            self.next_index = index
 
 
 class SessionRegistry:

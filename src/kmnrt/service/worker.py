@@ -281,7 +281,10 @@ class DeviceWorker:
         """User errors go back as 400; anything else evicts the session (its state may be half-updated), so its
         id answers 410 instead of serving from a damaged bank."""
         if isinstance(exc, (UserInputError, ServiceError)):
-            job.future.set_exception(exc)
+            if job.index is not None:
+                with self._lock:  # before the answer: a client may retry the moment it has it
+                    job.session.forget_refused(job.index)
+            settle(job.future, error=exc)
             return
         log.error("device work failed; evicting the session", extra={"event": "worker_error",
                   "error": repr(exc)}, exc_info=exc)
