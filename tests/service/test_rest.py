@@ -83,6 +83,7 @@ def test_client_faults_answer_4xx_and_the_server_keeps_serving(make_client, vide
     _error(_frame(http, session_id, 1, np.zeros((150, 150, 3), np.uint8)), 413, "frame_too_large")
     _error(http.post(f"/v1/sessions/{session_id}/frames", files={"frame": ("f.png", b"x" * 60_000)},
                      data={"frame_index": "1"}), 413, "body_too_large")
+    assert 'kmnrt_errors_total{code="body_too_large"} 1.0' in http.get("/metrics").text  # from Content-Length
     _error(http.post(f"/v1/sessions/{session_id}/frames", data={"frame_index": "1"}), 422, "invalid_request")
     _error(http.post(f"/v1/sessions/{session_id}/frames", files={"frame": ("f.png", _png(video.frames[1]))},
                      data={"frame_index": "zero"}), 422, "invalid_request")
@@ -193,6 +194,7 @@ def test_token_is_required_when_set(make_client, videos):
     http.headers["Authorization"] = "Bearer wrong"
     _error(_create(http, video), 401, "unauthorized")
     assert http.get("/v2/health/live").status_code == 200  # probes stay open
+    assert 'kmnrt_errors_total{code="unauthorized"} 2.0' in http.get("/metrics").text  # refused before any route
     client = ServiceClient(token="s3cret", http=http)
     assert client.create_session(video.frames[0], video.mask).session_id
     with pytest.raises(ServiceClientError) as raised:

@@ -41,6 +41,7 @@ def test_stream_session_equals_the_runtime(make_client, videos, reference, track
         error = ws.receive_json()["error"]
         assert error["code"] == "invalid_message"
         assert error["message"].startswith("the message does not match the protocol: Invalid JSON")
+        assert 'kmnrt_errors_total{code="invalid_message"} 1.0' in http.get("/metrics").text
         for index in range(4, 7):  # binary frames take the next index
             ws.send_bytes(encode_frame(video.frames[index]))
             answer = ws.receive_json()

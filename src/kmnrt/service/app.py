@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from kmnrt import __version__
 from kmnrt.errors import UserInputError
 from kmnrt.service.errors import ServiceError, validation_problems
-from kmnrt.service.metrics import ServiceMetrics
+from kmnrt.service.metrics import ServiceMetrics, count_error
 from kmnrt.service.schemas import ErrorBody, Health
 from kmnrt.service.sessions import CloseReason, SessionRegistry
 from kmnrt.service.settings import ServiceSettings
@@ -72,6 +72,7 @@ class BodyLimitMiddleware:
         if length is not None and (not length.isdigit() or int(length) > self.limit):
             response = _error_response(413, "body_too_large", f"the request body ({length.decode(errors='replace')}"
                                        f" bytes) exceeds the server's limit of {self.limit} bytes")
+            count_error(scope.get("app"), "body_too_large")
             return await response(scope, receive, send)
         seen = 0
 
@@ -106,6 +107,7 @@ class BearerAuthMiddleware:
             return await send({"type": "websocket.close", "code": 1008})
         response = _error_response(401, "unauthorized", "missing or wrong bearer token: send 'Authorization: "
                                    "Bearer <token>'", {"WWW-Authenticate": "Bearer"})
+        count_error(scope.get("app"), "unauthorized")
         return await response(scope, receive, send)
 
 
@@ -241,28 +243,24 @@ def _error_response(status: int, code: str, message: str, headers: dict[str, str
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-def _count_error(request: Request, code: str) -> None:
-    ctx = getattr(request.app.state, "ctx", None)
-    if ctx is not None:
-        ctx.metrics.errors.labels(code).inc()
-
-
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        _count_error(request, exc.code)
-        if exc.status >= 500:
+        count_error(request.app, exc.code)
+        if exc.status == 503:  # full, warming up or stopping: a state of the instance, not a fault
+            log.warning(exc.message, extra={"event": "unavailable", "code": exc.code, "path": request.url.path})
+        elif exc.status >= 500:
             log.error(exc.message, extra={"event": "error", "code": exc.code, "path": request.url.path})
         return _error_response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(UserInputError)
     async def user_error(request: Request, exc: UserInputError) -> JSONResponse:
-        _count_error(request, "invalid_input")
+        count_error(request.app, "invalid_input")
         return _error_response(400, "invalid_input", str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        _count_error(request, "invalid_request")
+        count_error(request.app, "invalid_request")
         return _error_response(422, "invalid_request",
                                validation_problems(exc.errors()) or "the request does not match the API")
 
@@ -270,11 +268,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status_code,
                                                                                         "bad_request")
-        _count_error(request, code)
+        count_error(request.app, code)
         return _error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        _count_error(request, "internal_error")
+        count_error(request.app, "internal_error")
         log.error("unexpected error", extra={"event": "error", "path": request.url.path}, exc_info=exc)
         return _error_response(500, "internal_error", "the server failed on this request; it keeps serving")

@@ -58,3 +58,11 @@ class ServiceMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def count_error(app, code: str) -> None:
+    """``kmnrt_errors_total{code}`` + 1; ``app``: the FastAPI app (``request.app``, or an ASGI scope's ``app`` in
+    the middlewares, which answer before any route)."""
+    ctx = getattr(getattr(app, "state", None), "ctx", None)
+    if ctx is not None:
+        ctx.metrics.errors.labels(code).inc()

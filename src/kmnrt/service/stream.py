@@ -19,6 +19,7 @@ from kmnrt.errors import UserInputError
 from kmnrt.service import ops
 from kmnrt.service.errors import ServiceError, bad_input, validation_problems
 from kmnrt.service.masks import b64decode
+from kmnrt.service.metrics import count_error
 from kmnrt.service.schemas import CLIENT_MESSAGES, WsAddObjects, WsClose, WsFrame, WsStart
 
 if TYPE_CHECKING:
@@ -155,6 +156,7 @@ async def _send_error(ws: WebSocket, exc: Exception, fatal: bool) -> None:
         code, message = exc.code, exc.message
     else:
         code, message = "invalid_input", str(exc)
+    count_error(ws.app, code)
     await ws.send_json({"type": "error", "error": {"code": code, "message": message}, "fatal": fatal})
 
 
