@@ -129,6 +129,18 @@ def test_unreadable_frame_in_folder_names_the_file(tmp_path) -> None:
         next(iterator)
 
 
+def test_a_link_to_a_missing_frame_is_reported_not_dropped(tmp_path) -> None:
+    """The video would otherwise be one frame shorter without a word, every later mask one frame off."""
+    for index in (0, 2):
+        Image.fromarray(_solid(6, 8, RED)).save(tmp_path / f"{index:05d}.png")
+    (tmp_path / "00001.png").symlink_to(tmp_path / "gone.png")
+    (tmp_path / "folder.png").mkdir()  # a folder is not a frame
+    source = open_frames(tmp_path)
+    assert source.names == ["00000", "00001", "00002"]
+    with pytest.raises(UserInputError, match=r"image .*00001\.png does not exist"):
+        list(source)
+
+
 @pytest.mark.parametrize(("fourcc", "suffix"), [("MJPG", ".avi"), ("mp4v", ".mp4")])
 def test_video_file_source(tmp_path, fourcc: str, suffix: str) -> None:
     path = tmp_path / f"clip{suffix}"

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kmnrt.data import DAVIS_PALETTE, colorize_labels, read_label_png, write_label_png
-from kmnrt.errors import UserInputError
+from kmnrt.data import DAVIS_PALETTE, colorize_labels, read_label_png, read_masks, write_label_png
+from kmnrt.errors import KmnrtWarning, UserInputError
 
 
 def test_palette_is_the_pascal_voc_colour_map() -> None:
@@ -94,3 +94,39 @@ def test_missing_or_damaged_mask_names_the_file(tmp_path) -> None:
     (tmp_path / "broken.png").write_bytes(b"not a png at all")
     with pytest.raises(UserInputError, match=r"cannot read mask .*broken\.png"):
         read_label_png(tmp_path / "broken.png")
+
+
+def test_a_jpeg_mask_is_refused_rather_than_read_as_dozens_of_objects(tmp_path) -> None:
+    labels = np.zeros((32, 48), np.uint8)
+    labels[8:24, 10:30] = 1
+    Image.fromarray(labels * 255).save(tmp_path / "mask.jpg", quality=75)  # edges now hold values 1..254
+    with pytest.raises(UserInputError, match=r"mask .*mask\.jpg is a JPEG: .* save masks as PNG"):
+        read_label_png(tmp_path / "mask.jpg")
+
+
+def test_tracking_masks_treat_255_beside_other_ids_as_void(tmp_path) -> None:
+    """A palette mask keeps 255 as read; the trackers' masks drop it as DAVIS's void, with a warning, unless it is
+    the only object (then it is the object, as DAVIS 2016's binary masks are)."""
+    labels = np.zeros((20, 30), np.uint8)
+    labels[2:8, 2:8], labels[10:18, 5:25] = 1, 255
+    write_label_png(tmp_path / "void.png", labels)
+    assert read_label_png(tmp_path / "void.png").max() == 255
+    with pytest.warns(KmnrtWarning, match=r"void\.png: its 160 pixels of value 255, DAVIS's void label"):
+        first, later = read_masks(tmp_path / "void.png", ["00000"])
+    assert set(np.unique(first)) == {0, 1} and later == {}
+    write_label_png(tmp_path / "only.png", np.where(labels == 1, 0, labels))
+    assert set(np.unique(read_masks(tmp_path / "only.png", ["00000"])[0])) == {0, 255}
+
+
+def test_a_mask_folder_refuses_masks_named_like_no_frame_read(tmp_path) -> None:
+    labels = np.zeros((20, 30), np.uint8)
+    labels[2:8, 2:8] = 1
+    masks = tmp_path / "masks"
+    for name in ("00000", "00002", "00009"):  # 00009: after the last frame read (--max-frames), left alone
+        write_label_png(masks / f"{name}.png", labels)
+    frames = ["00000", "00001", "00002", "00003"]
+    first, later = read_masks(masks, frames)
+    assert sorted(later) == [2]
+    write_label_png(masks / "0001.png", labels)  # a typo for 00001
+    with pytest.raises(UserInputError, match=r"1 mask\(s\) named like no frame \(0001\.png\); name each mask like"):
+        read_masks(masks, frames)

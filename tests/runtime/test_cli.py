@@ -87,8 +87,8 @@ def test_run_on_a_video_file_of_another_size(tiny_bundle, bmx_small, tmp_path):
 
 def test_run_warns_when_a_video_holds_more_frames_than_it_declares(tiny_bundle, bmx_small, tmp_path, capsys,
                                                                    under_declared_video):
-    video = tmp_path / "clip.mp4"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (106, 60))
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (106, 60))
     for frame in bmx_small.frames[:6]:
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()

@@ -104,7 +104,8 @@ class ImageFolderSource(FrameSource):
             (
                 entry
                 for entry in self.path.iterdir()
-                if entry.suffix.lower() in IMAGE_EXTENSIONS and not entry.name.startswith(".") and entry.is_file()
+                # not is_file(): a link to a missing file must be reported when its frame comes, not dropped
+                if entry.suffix.lower() in IMAGE_EXTENSIONS and not entry.name.startswith(".") and not entry.is_dir()
             ),
             key=lambda entry: natural_sort_key(entry.name),
         )

@@ -8,13 +8,14 @@ so the official DAVIS tools (which read the raw indices) see exactly the ids we 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from kmnrt.data.atomic import atomic_output
-from kmnrt.errors import UserInputError
+from kmnrt.errors import KmnrtWarning, UserInputError
 
 DAVIS_VOID = 255
 """Ground-truth value DAVIS uses for void pixels ("don't care"); the semi-supervised protocol counts them
@@ -86,6 +87,7 @@ def read_label_png(path: str | os.PathLike[str]) -> np.ndarray:
       DAVIS-2016 binary mask and 255 becomes object 1. Otherwise 255 is DAVIS void and becomes 0.
     - RGB/RGBA: each colour mapped back through :data:`DAVIS_PALETTE` (alpha ignored); a colour outside
       the palette is an error.
+    - JPEG: an error. Its lossy compression blurs every edge into stray values, each of which would be an object.
 
     Raises:
         UserInputError: the file is missing, unreadable, not an image, or not a label mask.
@@ -93,6 +95,9 @@ def read_label_png(path: str | os.PathLike[str]) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as image:
+            if image.format in ("JPEG", "MPO"):
+                raise UserInputError(f"mask {path} is a JPEG: its lossy compression turns the edges of objects into "
+                                     "stray ids; save masks as PNG (indexed or grayscale, values = object ids)")
             image.load()
             mode = image.mode
             pixels = np.asarray(image)
@@ -124,16 +129,39 @@ def read_label_png(path: str | os.PathLike[str]) -> np.ndarray:
 
 def read_masks(mask_path: Path, frame_names: list[str]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """The masks a command tracks from: -> (first mask, {frame index: later mask}), from one PNG (the first frame's)
-    or a folder of PNGs named like the frames, where a later one adds the objects that first appear there."""
+    or a folder of PNGs named like the frames, where a later one adds the objects that first appear there.
+    A PNG in the folder named like no frame, among the frames read, is an error (a typo, such as 0005 for 00005,
+    would drop its objects silently); names after the last frame read are left alone (``--max-frames``)."""
+    from kmnrt.data.frames import natural_sort_key
+
     if mask_path.is_file():
-        return read_label_png(mask_path), {}
+        return tracking_mask(read_label_png(mask_path), mask_path), {}
     if not mask_path.is_dir():
         raise UserInputError(f"mask {mask_path} does not exist")
-    by_name = {p.stem: p for p in mask_path.glob("*.png")}
+    by_name = {p.stem: p for p in mask_path.iterdir() if p.suffix.lower() == ".png"}
     if frame_names[0] not in by_name:
         raise UserInputError(f"mask folder {mask_path} has no {frame_names[0]}.png for the first frame")
-    later = {i: read_label_png(by_name[n]) for i, n in enumerate(frame_names) if i > 0 and n in by_name}
-    return read_label_png(by_name[frame_names[0]]), later
+    last = natural_sort_key(frame_names[-1])
+    unmatched = sorted((name for name in set(by_name) - set(frame_names) if natural_sort_key(name) < last),
+                       key=natural_sort_key)
+    if unmatched:
+        listed = ", ".join(by_name[name].name for name in unmatched[:3]) + (", ..." if len(unmatched) > 3 else "")
+        raise UserInputError(f"mask folder {mask_path}: {len(unmatched)} mask(s) named like no frame ({listed}); "
+                             f"name each mask like its frame (the first frame is {frame_names[0]})")
+    later = {i: tracking_mask(read_label_png(by_name[n]), by_name[n]) for i, n in enumerate(frame_names)
+             if i > 0 and n in by_name}
+    return tracking_mask(read_label_png(by_name[frame_names[0]]), by_name[frame_names[0]]), later
+
+
+def tracking_mask(mask: np.ndarray, path: Path) -> np.ndarray:
+    """An annotation as the trackers take it: DAVIS's void value 255 beside other ids is not an object (the
+    evaluation ignores it too), and a warning says so; 255 alone is the object."""
+    void = mask == DAVIS_VOID
+    if not void.any() or void.sum() + (mask == 0).sum() == mask.size:
+        return mask
+    warnings.warn(f"mask {path}: its {int(void.sum())} pixels of value 255, DAVIS's void label, are not tracked as "
+                  f"an object", KmnrtWarning, stacklevel=3)
+    return np.where(void, 0, mask).astype(np.uint8)
 
 
 def _grayscale_to_ids(values: np.ndarray) -> np.ndarray:
