@@ -108,14 +108,67 @@ def load_manifest(folder: str | os.PathLike, verify: bool = True) -> Manifest:
         raise BundleError(f"{folder} is not a bundle: {MANIFEST} is missing (an interrupted export leaves no "
                           f"manifest); rebuild it with `kmnrt export`")
     try:
-        manifest = Manifest.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError, KeyError) as exc:
-        raise BundleError(f"{path} is not a valid kmnrt manifest: {exc}") from None
+        manifest = Manifest.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # JSON and UTF-8 errors are ValueErrors
+        raise BundleError(f"{path} is not a valid kmnrt manifest ({type(exc).__name__}: {exc}); rebuild the "
+                          f"bundle with `kmnrt export`") from None
     if manifest.format != FORMAT:
         raise BundleError(f"{path} has format {manifest.format!r}; this kmnrt reads {FORMAT!r}")
+    problems = manifest_problems(manifest)
+    if problems:
+        raise BundleError(f"{path} does not describe a bundle this kmnrt can run: " + "; ".join(problems)
+                          + ". Rebuild it with `kmnrt export`.")
     if verify:
         verify_files(folder, manifest)
     return manifest
+
+
+def manifest_problems(manifest: Manifest) -> list[str]:
+    """What the runtime relies on, checked before anything is loaded or allocated, so that a hand-edited or
+    damaged manifest is one message naming its fields: values in range, every file the bundle uses named plainly
+    and listed with a checksum, and the graphs' recorded inputs and outputs the ones its model and size imply."""
+    from kmnrt.errors import KmnrtError
+    from kmnrt.export.graphs import GRAPH_NAMES, graph_specs
+
+    problems = []
+    size = manifest.input_size
+    size_ok = isinstance(size, list) and len(size) == 2 and all(type(v) is int and v >= 16 and not v % 16
+                                                                 for v in size)
+    if not size_ok:
+        problems.append(f"input_size {size!r} is not [height, width] in multiples of 16")
+    for name, least in (("max_objects", 1), ("max_memory", 2), ("mem_every", 1)):
+        value = getattr(manifest, name)
+        if type(value) is not int or value < least:
+            problems.append(f"{name} {value!r} is not a whole number of at least {least}")
+    if manifest.precision not in ("fp32", "fp16"):
+        problems.append(f"precision {manifest.precision!r} is neither fp32 nor fp16")
+    if manifest.engine not in ("onnx", "tensorrt"):
+        problems.append(f"engine {manifest.engine!r} is neither onnx nor tensorrt")
+    try:
+        config = manifest.model_config
+        manifest.read_config
+    except (KmnrtError, TypeError, ValueError) as exc:
+        problems.append(str(exc))
+        config = None
+    missing = [name for name in GRAPH_NAMES if name not in manifest.graphs]
+    if missing:
+        problems.append(f"graphs {missing} are missing")
+    used = [record.onnx for record in manifest.graphs.values()]
+    used += [name for name in [manifest.weights, manifest.report, *(r.plan for r in manifest.graphs.values())]
+             if name is not None]
+    for name in used:
+        if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
+            problems.append(f"file {name!r} is not a plain file name inside the bundle")
+        elif name not in manifest.files:
+            problems.append(f"{name} is not listed in files, so it cannot be checked")
+    if config is not None and size_ok and not missing:
+        for spec in graph_specs(config, *size):
+            record = manifest.graphs[spec.name]
+            shapes = [(t["name"], list(t["shape"])) for t in (*record.inputs, *record.outputs)]
+            if shapes != [(t.name, list(t.shape)) for t in (*spec.inputs, *spec.outputs)]:
+                problems.append(f"the {spec.name} graph's tensors do not fit a {config.name} model at "
+                                f"{size[0]}x{size[1]} (input_size or model edited?)")
+    return problems
 
 
 def verify_files(folder: Path, manifest: Manifest) -> None:

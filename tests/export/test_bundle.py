@@ -76,6 +76,43 @@ def test_a_corrupted_byte_is_caught_naming_the_file(tiny_bundle: Path, tmp_path:
     load_manifest(copy, verify=False)  # the manifest itself is intact
 
 
+def _edited(d: dict, **changes) -> dict:
+    """A copy of manifest ``d`` with ``changes`` (keys of nested dicts joined by "__": read__bogus=1)."""
+    d = json.loads(json.dumps(d))
+    for key, value in changes.items():
+        *parents, last = key.split("__")
+        target = d
+        for parent in parents:
+            target = target[parent]
+        target[last] = value
+    return d
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"graphs": []}, "not a valid kmnrt manifest (AttributeError"),
+    ({"input_size": "64x112"}, "input_size '64x112' is not [height, width] in multiples of 16"),
+    ({"input_size": [128, 224]}, "the query_encoder graph's tensors do not fit a tiny model at 128x224"),
+    ({"model__key_dim": 16}, "the memory_read graph's tensors do not fit a tiny model"),
+    ({"max_objects": "4"}, "max_objects '4' is not a whole number of at least 1"),
+    ({"read__bogus": 1}, "unexpected keyword argument 'bogus'"),
+    ({"precision": "int8"}, "precision 'int8' is neither fp32 nor fp16"),
+    ({"files": {}}, "decoder.onnx is not listed in files, so it cannot be checked"),
+    ({"graphs__decoder__onnx": "../other/decoder.onnx"}, "'../other/decoder.onnx' is not a plain file name"),
+])
+def test_an_edited_manifest_is_one_error_naming_the_field(tiny_bundle: Path, tmp_path: Path, changes, message):
+    """Hand-edited fields used to surface as tracebacks from deep inside a backend, or to switch the checksums
+    off (an empty files list) or to point outside the bundle."""
+    copy = Path(shutil.copytree(tiny_bundle, tmp_path / "copy"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps(_edited(manifest, **changes)))
+    with pytest.raises(BundleError) as raised:
+        load_manifest(copy)
+    assert message in str(raised.value) and "with `kmnrt export`" in str(raised.value)
+    (copy / "manifest.json").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(BundleError, match=r"not a valid kmnrt manifest \(UnicodeDecodeError"):
+        load_manifest(copy)
+
+
 def test_an_export_that_freezes_n_is_caught(tmp_path: Path):
     """The silent specialisation: an example with N = 1 and no dynamic shapes exports fine and runs only at N=1."""
     model = build_model(get_config("tiny"), seed=0)
