@@ -110,7 +110,9 @@ def validate_options(options: ExportOptions) -> None:
     get_config(options.config)
     options.read_config  # noqa: B018 - validates read kind and sigma
     for label, value in zip(("height", "width"), options.input_size):
-        if value < 16 or value % 16:
+        if value < 16:
+            raise UserInputError(f"--{label} {value}: the network needs at least 16 pixels (one key cell)")
+        if value % 16:
             raise UserInputError(f"--{label} {value} is not a multiple of 16; the nearest valid {label} is "
                                  f"{_nearest_multiple(value)}")
     if options.max_memory < 2:

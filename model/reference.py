@@ -38,7 +38,7 @@ class TrackerConfig:
 
     def __post_init__(self) -> None:
         if self.mem_every < 1:
-            raise UserInputError(f"mem_every must be at least 1, got {self.mem_every}")
+            raise UserInputError(f"mem_every (--mem-every) must be at least 1, got {self.mem_every}")
         if self.max_memory is not None and self.max_memory < 2:
             raise UserInputError(f"max_memory must be at least 2 (the first frame and the previous frame), "
                                  f"got {self.max_memory}")

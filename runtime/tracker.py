@@ -53,7 +53,7 @@ class Tracker:
 
     def __init__(self, runner: BaseRunner, spec: TrackerSpec):
         if spec.mem_every < 1:
-            raise UserInputError(f"mem_every must be at least 1, got {spec.mem_every}")
+            raise UserInputError(f"mem_every (--mem-every) must be at least 1, got {spec.mem_every}")
         self.runner = runner
         self.spec = spec
         self.graphs = {g.name: g for g in graph_specs(spec.model, *spec.input_size)}

@@ -165,8 +165,11 @@ def register_generate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from kmnrt.errors import UserInputError
     from kmnrt.training.videos import VideoConfig, write_video_dataset
 
+    if args.seed < 0:
+        raise UserInputError(f"--seed must be 0 or more, got {args.seed}")
     config = VideoConfig(height=args.height, width=args.width, frames=args.frames, max_objects=args.max_objects)
     print(write_video_dataset(args.out, args.videos, args.seed, config))
     return 0

@@ -112,12 +112,20 @@ def physical_cores() -> int:
     return max(1, min(cores, allowed))
 
 
+def parse_device(device: str | torch.device | None, default: str) -> torch.device:
+    """``device`` (``default`` when None) as a torch.device; a name torch does not know is a user error."""
+    try:
+        return torch.device(device or default)
+    except (RuntimeError, TypeError, ValueError):
+        raise UserInputError(f"device {device!r} is not one torch knows: give cpu, cuda or cuda:N") from None
+
+
 def cuda_device(device: str | torch.device | None) -> torch.device:
     """The CUDA device a GPU backend uses, checked to exist."""
+    device = parse_device(device, "cuda")
     if not torch.cuda.is_available():
         raise UserInputError("no CUDA device is available to PyTorch (the runtime keeps its GPU buffers in torch "
                              "tensors); install a CUDA build of torch or use --backend onnxruntime")
-    device = torch.device(device or "cuda")
     if device.type != "cuda":
         raise UserInputError(f"a GPU backend needs a cuda device, got {device}")
     return torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())

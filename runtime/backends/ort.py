@@ -24,7 +24,7 @@ from torch import Tensor
 
 from kmnrt.errors import BundleError, UserInputError
 from kmnrt.export.graphs import GRAPH_NAMES
-from kmnrt.runtime.backends.base import BaseRunner, check_graph_io, cuda_device, physical_cores
+from kmnrt.runtime.backends.base import BaseRunner, check_graph_io, cuda_device, parse_device, physical_cores
 
 if TYPE_CHECKING:
     from kmnrt.export.manifest import Manifest
@@ -69,7 +69,7 @@ class OrtRunner(BaseRunner):
         self.cuda = cuda
         self.name = "onnxruntime-cuda" if cuda else "onnxruntime"
         torch_device = cuda_device(device) if cuda else torch.device("cpu")
-        if not cuda and device is not None and torch.device(device).type != "cpu":
+        if not cuda and device is not None and parse_device(device, "cpu").type != "cpu":
             raise UserInputError(f"backend onnxruntime runs on the cpu, not {device}; use onnxruntime-cuda for a GPU")
         super().__init__(torch_device, torch.cuda.Stream(torch_device) if cuda else None)
         self.bundle_dir = Path(bundle_dir)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from kmnrt.errors import BundleError
 from kmnrt.export.graphs import GraphSpec, graph_specs
 from kmnrt.model.kmn import KMN
-from kmnrt.runtime.backends.base import BaseRunner, cuda_device
+from kmnrt.runtime.backends.base import BaseRunner, cuda_device, parse_device
 
 if TYPE_CHECKING:
     from kmnrt.export.manifest import Manifest
@@ -30,7 +30,7 @@ class TorchRunner(BaseRunner):
     name = "torch"
 
     def __init__(self, model: KMN, input_size: tuple[int, int], device: str | torch.device | None = None):
-        device = torch.device(device or "cpu")
+        device = parse_device(device, "cpu")
         if device.type == "cuda":
             device = cuda_device(device)
         super().__init__(device, torch.cuda.Stream(device) if device.type == "cuda" else None)

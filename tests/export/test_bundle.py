@@ -128,6 +128,7 @@ def test_an_export_that_freezes_n_is_caught(tmp_path: Path):
     ({"height": 70}, "--height 70 is not a multiple of 16; the nearest valid height is 64"),
     ({"width": 856}, "--width 856 is not a multiple of 16; the nearest valid width is 848|864"),
     ({"max_memory": 1}, "--max-memory 1: the bank needs at least 2 slots"),
+    ({"height": 0}, "--height 0: the network needs at least 16 pixels"),
     ({"config": "huge"}, "unknown model config 'huge'"),
     ({"precision": "int8"}, "unknown precision 'int8'"),
     ({"read": "fast"}, "unknown memory read 'fast'"),

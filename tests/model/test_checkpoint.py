@@ -100,8 +100,9 @@ def test_recommended_short_side_round_trips_and_yields_to_the_user(tmp_path):
     assert recommended_short_side(scaled) == 288
     assert choose_short_side(None, scaled) == 288 and choose_short_side(None, None) is None
     assert choose_short_side(480, scaled) == 480 and choose_short_side(0, scaled) is None  # 0: the frames' size
-    with pytest.raises(UserInputError, match="--short-side must be 0"):
-        choose_short_side(8, scaled)
+    for typo in (8, 100_000):  # the second would ask for 213 GB
+        with pytest.raises(UserInputError, match="--short-side must be 0 .* or between 16 and 8192 pixels"):
+            choose_short_side(typo, scaled)
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(1)}, str(tmp_path / "bad.safetensors"), metadata={"short_side": "big"})

@@ -85,6 +85,12 @@ def test_a_damaged_bundle_is_refused(tiny_bundle, tmp_path):
         Tracker.from_bundle(copy / "manifest.json")
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_a_device_torch_does_not_know_is_a_user_error(tiny_bundle, backend):
+    with pytest.raises(UserInputError, match="device 'bogus' is not one torch knows: give cpu, cuda or cuda:N"):
+        Tracker.from_bundle(tiny_bundle, backend=backend, device="bogus")
+
+
 @pytest.mark.cuda
 @requires_cuda
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime-cuda"])

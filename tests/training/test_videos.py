@@ -55,3 +55,15 @@ def test_written_tree_reads_as_davis_and_scores_perfectly_against_itself(tmp_pat
     with pytest.raises(UserInputError, match="already exists"):
         write_video_dataset(root, videos=1, config=SMALL, progress=False)
     assert not list(tmp_path.glob(".*tmp"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seed", "-1"], "--seed must be 0 or more, got -1"),
+    (["--max-objects", "300"], "objects per video must lie in 1..255 (a mask PNG's ids; --max-objects)"),
+])
+def test_generate_data_option_errors_are_one_line(tmp_path, capsys, argv, message):
+    from kmnrt.cli import main
+
+    assert main(["generate-data", "--videos", "1", "--frames", "3", "--height", "32", "--width", "48", *argv,
+                 "--out", str(tmp_path / "videos")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {message}") and not (tmp_path / "videos").exists()

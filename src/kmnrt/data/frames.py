@@ -237,5 +237,5 @@ def open_frames(path: str | os.PathLike[str], max_frames: int | None = None) -> 
 
 def _check_max_frames(max_frames: int | None) -> int | None:
     if max_frames is not None and max_frames < 1:
-        raise UserInputError(f"max_frames must be at least 1, got {max_frames}")
+        raise UserInputError(f"max_frames (--max-frames) must be at least 1, got {max_frames}")
     return max_frames

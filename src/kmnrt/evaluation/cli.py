@@ -71,6 +71,8 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.pred_root is not None:
             raise UserInputError("give the ground truth once: as GT_ROOT or as --dataset, not both")
         args.pred_root, args.gt_root = args.gt_root, None  # `eval --dataset ROOT PRED_ROOT`
+    if args.json_path is not None and (not args.json_path.name or args.json_path.is_dir()):
+        raise UserInputError(f"--json {args.json_path}: give the path of a file to write the scores to")
     gt_root = args.dataset if args.dataset is not None else args.gt_root
     if gt_root is None:
         raise UserInputError("no ground truth given: `kmnrt eval GT_ROOT PRED_ROOT` scores saved masks, "
