@@ -232,7 +232,7 @@ def save_checkpoint(model: KMN, path: str | os.PathLike, recommended: ReadConfig
     these weights were measured to work best with (see :func:`recommended_read`), ``short_side`` the short side
     to track at (:func:`recommended_short_side`); ``state``: weights to write instead of the model's own (e.g.
     averaged ones), under the model's config."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -244,7 +244,8 @@ def save_checkpoint(model: KMN, path: str | os.PathLike, recommended: ReadConfig
         metadata["short_side"] = str(int(short_side))
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        save_file(state, str(tmp), metadata=metadata)
+        # save() to bytes, not save_file(): that one creates the file readable by its owner only (mode 0600)
+        tmp.write_bytes(save(state, metadata=metadata))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

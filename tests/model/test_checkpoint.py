@@ -173,3 +173,13 @@ def test_missing_and_corrupt_files(tmp_path):
 def test_stm_names_round_trip():
     state = build_model(get_config("tiny")).state_dict()
     assert from_stm(to_stm(state)).keys() == state.keys()
+
+
+def test_a_checkpoint_is_readable_like_any_file_the_user_writes(tmp_path):
+    """safetensors' save_file made every checkpoint (and a bundle's weights) mode 0600, unlike its neighbours."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = save_checkpoint(build_model(get_config("tiny"), seed=0), tmp_path / "w.safetensors")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
