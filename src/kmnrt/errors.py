@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 class KmnrtError(Exception):
@@ -36,17 +39,25 @@ class KmnrtWarning(UserWarning):
     """Something the user should know that does not stop the work (the CLI prints it as ``warning: <message>``)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a scheduler), raised where the command is, so that what it was writing is
+    cleaned up exactly as after Ctrl-C."""
+
+
 def exit_status(main: Callable[[], int]) -> int:
     """Run a command's ``main`` as the ``kmnrt`` command does: a :class:`KmnrtError` becomes one ``error:`` line on
-    stderr and its exit status, an interrupt status 130, a :class:`KmnrtWarning` one ``warning:`` line. For modules
-    run with ``python -m``."""
+    stderr and its exit status, Ctrl-C status 130 and SIGTERM 143 (both after the command's clean-up), a
+    :class:`KmnrtWarning` one ``warning:`` line. For modules run with ``python -m``."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _sigterm_raises():
             warnings.showwarning = _show_warning(warnings.showwarning)
             return main()
     except KmnrtError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -56,6 +67,24 @@ def exit_status(main: Callable[[], int]) -> int:
     except OSError as exc:  # a path of the user's that cannot be read or written where the commands do not ask
         print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         return UserInputError.exit_code
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While the command runs, SIGTERM raises :class:`Terminated` (Python's default would end the process at once,
+    leaving temporary files and half-built bundles behind). Only the main thread can set signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def describe_os_error(exc: OSError) -> str:

@@ -101,3 +101,24 @@ def test_a_full_disk_leaves_nothing_behind(tmp_path: Path, capsys, monkeypatch):
     assert code == 2
     assert f"no space left on the device holding {tmp_path}" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_during_an_export_leaves_nothing_behind(tmp_path):
+    """`timeout`, `kill` or a scheduler stopping an export: the half-built bundle is removed as after Ctrl-C
+    (Python's default for SIGTERM ends the process at once, and the staging folder stayed)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "bundle"
+    export = subprocess.Popen([sys.executable, "-m", "kmnrt", "export", "--config", "tiny", "--height", "64",
+                               "--width", "96", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".bundle.partial-*")) and export.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert export.poll() is None, "the export ended before it could be stopped"
+    export.send_signal(signal.SIGTERM)
+    _, err = export.communicate(timeout=60)
+    assert export.returncode == 143 and err.decode().strip().splitlines()[-1] == "terminated"
+    assert list(tmp_path.iterdir()) == []
