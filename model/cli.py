@@ -71,7 +71,8 @@ def run_track(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from kmnrt.data import open_frames, output_folder, read_masks, refuse_writing_over_inputs, write_label_png
+    from kmnrt.data import (open_frames, output_folder, read_masks, refuse_writing_over_inputs,
+                            warn_of_earlier_masks, write_label_png)
     from kmnrt.model.checkpoint import choose_read, choose_short_side, load_model
     from kmnrt.model.config import get_config
     from kmnrt.model.reference import ReferenceTracker, TrackerConfig
@@ -109,6 +110,7 @@ def run_track(args: argparse.Namespace) -> int:
                 raise UserInputError(f"{exc}; the {count} masks before it are in {args.out}") from None
             raise
     elapsed = time.perf_counter() - started
+    warn_of_earlier_masks(args.out, names[:count])
     print(f"tracked {len(result.object_ids)} object(s) {result.object_ids} over {count} frames in {elapsed:.1f} s "
           f"({count / elapsed:.2f} fps, {config.name}, {read.kind} read, sigma {read.sigma:g}, "
           f"{f'short side {short_side}' if short_side else 'own size'}, {args.device}) "

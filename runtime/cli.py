@@ -47,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_video(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from kmnrt.data import open_frames, output_folder, read_masks, refuse_writing_over_inputs, write_label_png
+    from kmnrt.data import (open_frames, output_folder, read_masks, refuse_writing_over_inputs,
+                            warn_of_earlier_masks, write_label_png)
     from kmnrt.runtime.timing import StageTimes
     from kmnrt.runtime.tracker import Tracker
 
@@ -61,8 +62,8 @@ def run_video(args: argparse.Namespace) -> int:
     first_mask, later_masks = read_masks(args.mask, source.names)
     masks = {0: first_mask, **later_masks}
     refuse_writing_over_inputs(args.out, {"--input": args.input, "--mask": args.mask}, source.names)
-    output_folder(args.out)
     tracker = Tracker.from_bundle(args.bundle, backend=args.backend, device=args.device, mem_every=args.mem_every)
+    output_folder(args.out)  # after the bundle loaded: a bad bundle leaves no empty folder behind
     print(f"{tracker.runner.selection}: {tracker.runner.describe()}", file=sys.stderr)
     overlay = OverlayWriter(args.overlay, source) if args.overlay else None
     times = StageTimes()
@@ -76,8 +77,9 @@ def run_video(args: argparse.Namespace) -> int:
                 try:
                     name, frame = next(frames)
                 except UserInputError as exc:
-                    raise UserInputError(f"frame {index} of {args.input}: {exc}; the {written} masks before it "
-                                         f"are in {args.out}") from None
+                    kept = f"; the {written} masks before it are in {args.out}" if written else ""
+                    kept += f" and the overlay {args.overlay} shows those frames" if written and overlay else ""
+                    raise UserInputError(f"frame {index} of {args.input}: {exc}{kept}") from None
                 if index in masks:
                     result = tracker.add_objects(state, frame, masks[index], keep_probs=False)
                 else:
@@ -93,6 +95,7 @@ def run_video(args: argparse.Namespace) -> int:
         if overlay:
             overlay.close()
     elapsed = time.perf_counter() - started
+    warn_of_earlier_masks(args.out, source.names[:written])
     print(times.format_table())
     print(f"tracked {len(state.object_ids)} object(s) {state.object_ids} over {written} frames in {elapsed:.1f} s "
           f"({written / elapsed:.2f} fps end to end, with reading and writing) -> {args.out}"

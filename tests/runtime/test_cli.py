@@ -103,11 +103,29 @@ def test_run_warns_when_a_video_holds_more_frames_than_it_declares(tiny_bundle, 
 def test_a_corrupt_frame_is_named_and_earlier_masks_stay(tiny_bundle, video_folder, tmp_path, capsys):
     frames, mask = video_folder
     (frames / "00003.png").write_bytes(b"\x89PNG broken")
-    out = tmp_path / "out"
-    assert run("--bundle", tiny_bundle, "--input", frames, "--mask", mask, "--out", out) == 2
+    out, overlay = tmp_path / "out", tmp_path / "overlay.mp4"
+    assert run("--bundle", tiny_bundle, "--input", frames, "--mask", mask, "--out", out, "--overlay", overlay) == 2
     err = capsys.readouterr().err
     assert "error: frame 3 of" in err and "00003.png" in err and "Traceback" not in err
+    assert f"the 3 masks before it are in {out} and the overlay {overlay} shows those frames" in err
     assert sorted(p.stem for p in out.glob("*.png")) == ["00000", "00001", "00002"]
+
+
+def test_a_shorter_run_into_the_same_folder_warns_of_the_earlier_masks(tiny_bundle, video_folder, tmp_path,
+                                                                      capsys):
+    frames, mask = video_folder
+    out = tmp_path / "out"
+    assert run("--bundle", tiny_bundle, "--input", frames, "--mask", mask, "--out", out) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert run("--bundle", tiny_bundle, "--input", frames, "--mask", mask, "--out", out, "--max-frames", 5) == 0
+    assert (f"warning: {out} also holds 3 mask(s) this run did not write (00005.png, 00006.png, 00007.png), from "
+            f"an earlier run") in capsys.readouterr().err
+
+
+def test_a_bad_bundle_leaves_no_output_folder(video_folder, tmp_path, capsys):
+    frames, mask = video_folder
+    assert run("--bundle", tmp_path / "no-bundle", "--input", frames, "--mask", mask, "--out", tmp_path / "out") == 2
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("problem,message", [

@@ -6,7 +6,7 @@ Public API (imported lazily, so ``import kmnrt.data`` does not load numpy, OpenC
   ``colorize_labels``
 - frames:   ``read_image``, ``open_frames``, ``FrameSource``, ``ImageFolderSource``, ``VideoFileSource``
 - datasets: ``Sequence``, ``find_sequences``, ``read_annotation``, ``open_sequence_frames``
-- files:    ``atomic_output``, ``output_folder``, ``refuse_writing_over_inputs``
+- files:    ``atomic_output``, ``output_folder``, ``refuse_writing_over_inputs``, ``warn_of_earlier_masks``
 """
 
 from __future__ import annotations
@@ -36,12 +36,13 @@ _EXPORTS = {
     "atomic_output": "kmnrt.data.atomic",
     "output_folder": "kmnrt.data.atomic",
     "refuse_writing_over_inputs": "kmnrt.data.atomic",
+    "warn_of_earlier_masks": "kmnrt.data.atomic",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from kmnrt.data.atomic import atomic_output, output_folder, refuse_writing_over_inputs
+    from kmnrt.data.atomic import atomic_output, output_folder, refuse_writing_over_inputs, warn_of_earlier_masks
     from kmnrt.data.davis import Sequence, find_sequences, open_sequence_frames, read_annotation
     from kmnrt.data.frames import (
         IMAGE_EXTENSIONS,

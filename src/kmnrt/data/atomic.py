@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import uuid
+import warnings
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from kmnrt.errors import UserInputError
+from kmnrt.errors import KmnrtWarning, UserInputError
 
 
 @contextmanager
@@ -58,6 +59,16 @@ def output_folder(path: str | os.PathLike[str], option: str = "--out") -> Path:
         raise UserInputError(f"{option} {path}: cannot create the folder ({exc.strerror or exc}); choose a "
                              f"writable location") from None
     return path
+
+
+def warn_of_earlier_masks(out: Path, written: Collection[str]) -> None:
+    """After a run into ``out``: say so when the folder also holds masks this run did not write (a longer earlier
+    run's), which ``kmnrt eval`` would score as if they were this run's."""
+    earlier = sorted(path.name for path in Path(out).glob("*.png") if path.stem not in written)
+    if earlier:
+        warnings.warn(f"{out} also holds {len(earlier)} mask(s) this run did not write ({', '.join(earlier[:3])}"
+                      f"{', ...' if len(earlier) > 3 else ''}), from an earlier run; remove them before scoring "
+                      f"the folder", KmnrtWarning, stacklevel=2)
 
 
 def refuse_writing_over_inputs(out: str | os.PathLike[str], inputs: Mapping[str, str | os.PathLike[str] | None],
