@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from kmnrt.data import find_sequences, read_annotation, write_label_png
-from kmnrt.errors import UserInputError
+from kmnrt.errors import KmnrtWarning, UserInputError
 from kmnrt.evaluation import OFFICIAL_COLUMNS, EvaluationResult, PredictionFolder, evaluate, evaluate_folders
 
 # J-Mean, J-Recall, J-Decay, F-Mean, F-Recall, F-Decay per object (evaluation.md, section 8).
@@ -138,6 +138,21 @@ def test_objects_come_from_the_first_frame_and_are_averaged_over_objects(tmp_pat
     assert solo_1.j_mean == 1.0 and solo_1.f_mean == 1.0
     assert result.global_scores.j_mean == pytest.approx(2 / 3)  # per object; per sequence would be 3/4
     assert result.sequences == ("pair", "solo")
+
+
+def test_ids_missing_from_the_first_frame_score_as_the_official_tool_scores_them_with_a_warning(tmp_path) -> None:
+    """Objects 2 and 5 only: the official tool takes K = 5 objects, and 1, 3 and 4, empty in both masks, score a
+    perfect 1.0 each, which lifts the mean; kmnrt scores the same and says so."""
+    gt_root = tmp_path / "gt"
+    for index in range(4):
+        labels = np.zeros((32, 40), np.uint8)
+        _square(labels, 2, 4, 4 + index)
+        _square(labels, 5, 18, 20)
+        write_label_png(gt_root / "gaps" / f"{index:05d}.png", labels)
+    with pytest.warns(KmnrtWarning, match=r"sequence gaps: the first frame's ids run to 5, but 3 of them are absent "
+                                          r"\(1, 3, 4\); .* score 1\.0 each; renumber the objects 1\.\.N"):
+        result = evaluate_folders(gt_root, gt_root, progress=False)
+    assert [row.j_mean for row in result.objects] == [1.0] * 5
 
 
 def test_prediction_source_in_memory(tmp_path) -> None:

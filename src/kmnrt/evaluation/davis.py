@@ -17,6 +17,7 @@ Predictions come from a :class:`PredictionSource`: :class:`PredictionFolder` rea
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 from kmnrt.data.davis import Sequence, find_sequences, read_annotation
 from kmnrt.data.palette import DAVIS_VOID, read_label_png
-from kmnrt.errors import UserInputError
+from kmnrt.errors import KmnrtWarning, UserInputError
 from kmnrt.evaluation.metrics import DEFAULT_BOUND_TH, contour_accuracy, region_similarity
 from kmnrt.evaluation.results import EvaluationResult, GlobalScores, ObjectScores
 
@@ -98,12 +99,19 @@ def evaluate_sequence(
     """Per-object scores of one sequence (objects 1..K of its first ground-truth frame)."""
     frame_names = scored_frames(sequence)
     first_name = sequence.annotation_names[0]
-    num_objects = int(_read_ground_truth(sequence, first_name).max())
+    first = _read_ground_truth(sequence, first_name)
+    num_objects = int(first.max())
     if num_objects == 0:
         raise UserInputError(
             f"sequence {sequence.name}: the first ground-truth frame {sequence.annotation_path(first_name)} "
             "holds no object; semi-supervised evaluation takes the objects from the first frame"
         )
+    absent = sorted(set(range(1, num_objects + 1)) - set(np.unique(first).tolist()))
+    if absent:  # the official tool scores them too, and each absent one scores a perfect 1 (both masks empty)
+        listed = ", ".join(map(str, absent[:5])) + (", ..." if len(absent) > 5 else "")
+        warnings.warn(f"sequence {sequence.name}: the first frame's ids run to {num_objects}, but {len(absent)} of "
+                      f"them are absent ({listed}); as in the official DAVIS tool they count as objects and, "
+                      f"empty in both masks, score 1.0 each; renumber the objects 1..N", KmnrtWarning, stacklevel=2)
     j_values = np.zeros((num_objects, len(frame_names)))
     f_values = np.zeros((num_objects, len(frame_names)))
     for index, frame_name in enumerate(frame_names):
