@@ -106,7 +106,7 @@ def load_manifest(folder: str | os.PathLike, verify: bool = True) -> Manifest:
         raise BundleError(f"bundle {folder} does not exist; build one with `kmnrt export ... --out {folder}`")
     if not path.is_file():
         raise BundleError(f"{folder} is not a bundle: {MANIFEST} is missing (an interrupted export leaves no "
-                          f"manifest); rebuild it with `kmnrt export`")
+                          f"manifest); export it again into a new folder, or delete this one first")
     try:
         manifest = Manifest.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, TypeError, KeyError, AttributeError) as exc:  # JSON and UTF-8 errors are ValueErrors

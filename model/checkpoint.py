@@ -120,12 +120,19 @@ def _unreadable(path: Path, exc: Exception) -> str:
     return f"checkpoint {path} could not be read (a damaged or truncated file?): {str(exc).splitlines()[0]}"
 
 
+def _check_file(path: Path) -> None:
+    if path.is_dir():
+        hint = " (a bundle's weights are its weights.safetensors)" if (path / "weights.safetensors").is_file() else ""
+        raise CheckpointError(f"checkpoint {path} is a folder; give the checkpoint file{hint}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+
+
 def _safetensors_metadata(path: Path) -> dict[str, str]:
     from safetensors import SafetensorError
     from safetensors.torch import safe_open
 
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    _check_file(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             return handle.metadata() or {}
@@ -136,8 +143,7 @@ def _safetensors_metadata(path: Path) -> dict[str, str]:
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], ModelConfig | None]:
     """Read a checkpoint file -> (state dict in this project's names, its config if the file records one)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    _check_file(path)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file

@@ -112,7 +112,8 @@ def run_track(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     warn_of_earlier_masks(args.out, names[:count])
     print(f"tracked {len(result.object_ids)} object(s) {result.object_ids} over {count} frames in {elapsed:.1f} s "
-          f"({count / elapsed:.2f} fps, {config.name}, {read.kind} read, sigma {read.sigma:g}, "
+          f"({count / elapsed:.2f} fps, {config.name}, "
+          f"{f'kmn read, sigma {read.sigma:g}' if read.kind == 'kmn' else 'stm read'}, "
           f"{f'short side {short_side}' if short_side else 'own size'}, {args.device}) "
           f"-> {args.out}")
     return 0

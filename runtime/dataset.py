@@ -70,19 +70,22 @@ def run_dataset(tracker: Tracker, sequences: Sequences[Sequence], out: str | os.
                                      f"of that name in {sequence.frames_dir}")
             state = None
             bar.set_postfix_str(sequence.name, refresh=False)
-            for name, frame in frames:
-                if state is None and name != first_name:
+            try:
+                for name, frame in frames:
+                    if state is None and name != first_name:
+                        bar.update(1)
+                        continue  # frames before the first annotation are not tracked
+                    if state is None:
+                        mask = read_annotation(sequence, name)
+                        mask = np.where(mask == DAVIS_VOID, 0, mask).astype(np.uint8)  # void is not an object
+                        state = tracker.new_state()
+                        labels = tracker.add_objects(state, frame, mask, keep_probs=False).mask
+                    else:
+                        labels = tracker.step(state, frame, keep_probs=False).mask
+                    predictions.add(sequence.name, name, labels)
+                    if out is not None:
+                        write_label_png(Path(out) / sequence.name / f"{name}.png", labels)
                     bar.update(1)
-                    continue  # frames before the first annotation are not tracked
-                if state is None:
-                    mask = read_annotation(sequence, name)
-                    mask = np.where(mask == DAVIS_VOID, 0, mask).astype(np.uint8)  # void is not an object
-                    state = tracker.new_state()
-                    labels = tracker.add_objects(state, frame, mask, keep_probs=False).mask
-                else:
-                    labels = tracker.step(state, frame, keep_probs=False).mask
-                predictions.add(sequence.name, name, labels)
-                if out is not None:
-                    write_label_png(Path(out) / sequence.name / f"{name}.png", labels)
-                bar.update(1)
+            except UserInputError as exc:  # the runtime's messages know the frame, not the sequence
+                raise UserInputError(f"sequence {sequence.name}: {exc}") from None
     return predictions

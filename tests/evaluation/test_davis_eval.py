@@ -204,6 +204,12 @@ def test_missing_prediction_folder_names_the_expected_folder(tmp_path) -> None:
     with pytest.raises(UserInputError, match=expected) as info:
         evaluate_folders(gt_root, pred_root / "pair", progress=False)
     assert f"did you mean {pred_root}?" in str(info.value)
+    flat = tmp_path / "flat"  # the sequence's PNGs straight in PRED_ROOT, under another name
+    flat.mkdir()
+    for png in (pred_root / "pair").iterdir():
+        (flat / png.name).write_bytes(png.read_bytes())
+    with pytest.raises(UserInputError, match=f"move them into {flat / 'pair'}"):
+        evaluate_folders(gt_root, flat, ["pair"], progress=False)
     with pytest.raises(UserInputError, match=r"prediction folder .*nowhere does not exist"):
         evaluate_folders(gt_root, tmp_path / "nowhere", progress=False)
 

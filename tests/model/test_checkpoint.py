@@ -68,6 +68,8 @@ def test_own_format_round_trip_keeps_weights_and_config(tmp_path):
     assert config == get_config("tiny")
     assert_same_weights(load_model(get_config("tiny"), path), model)
     assert not list(tmp_path.glob("sub/.*.tmp")), "the temporary file must be renamed away"
+    with pytest.raises(CheckpointError, match=r"checkpoint .*sub is a folder; give the checkpoint file"):
+        read_checkpoint(tmp_path / "sub")
 
 
 def test_recommended_read_round_trips_and_fills_only_what_the_user_left_unset(tmp_path):

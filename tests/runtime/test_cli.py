@@ -205,6 +205,9 @@ def test_eval_bundle_runs_and_scores(tiny_bundle, bmx_small, tmp_path, capsys):
     assert "J&F-Mean" in capsys.readouterr().out
     assert main(["eval", "--bundle", str(tiny_bundle), "--dataset", str(root), str(saved)]) == 2
     assert "PRED_ROOT" in capsys.readouterr().err
+    write_label_png(root / "Annotations" / "480p" / "bmx" / "00000.png", np.zeros_like(bmx_small.truth[0]))
+    assert main(["eval", "--bundle", str(tiny_bundle), "--dataset", str(root)]) == 2
+    assert "\nerror: sequence bmx: mask of frame 0 has no object" in capsys.readouterr().err
     truth = {path: path.read_bytes() for path in (root / "Annotations" / "480p" / "bmx").iterdir()}
     assert main(["eval", "--bundle", str(tiny_bundle), "--dataset", str(root), "--save-masks",
                  str(root / "Annotations" / "480p")]) == 2  # would have overwritten the ground truth, then scored 1

@@ -176,6 +176,10 @@ class VideoFileSource(FrameSource):
     def _open(self) -> cv2.VideoCapture:
         if not self.path.is_file():
             raise UserInputError(f"video {self.path} does not exist")
+        try:  # OpenCV says only that it could not open the file; say why when the reason is plain
+            self.path.open("rb").close()
+        except OSError as exc:
+            raise UserInputError(f"cannot read video {self.path}: {exc.strerror or exc}") from None
         capture = cv2.VideoCapture(str(self.path))
         if not capture.isOpened():
             capture.release()

@@ -61,10 +61,9 @@ class PredictionFolder:
         if not folder.is_dir():
             hint = ""
             if any(self.root.glob("*.png")):
-                hint = (
-                    f"; {self.root} holds PNG files itself, but PRED_ROOT must hold one folder per sequence "
-                    f"(did you mean {self.root.parent}?)"
-                )
+                fix = (f"did you mean {self.root.parent}?" if self.root.name == sequence.name  # the sequence's own
+                       else f"move them into {folder}")
+                hint = f"; {self.root} holds PNG files itself, but PRED_ROOT must hold one folder per sequence ({fix})"
             raise UserInputError(
                 f"no predictions for sequence {sequence.name}: expected the folder {folder} with one PNG "
                 f"per ground-truth frame ({frame_names[0]}.png ... {frame_names[-1]}.png){hint}"
