@@ -296,7 +296,6 @@ class DeviceWorker:
             settle(other.future, error=error)
 
 
-
 def fail_jobs(jobs: list[Job], error: ServiceError) -> None:
     """Answer jobs that will never run (their session closed) with ``error``."""
     for job in jobs:
