@@ -99,6 +99,7 @@ class Recipe:
     batchnorm_until: int | None = BATCHNORM_UNTIL
     threads: int | None = 1
     device: str = "cpu"
+    batch: int = BATCH
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ def stage_configs(recipe: Recipe, out: Path, seed: int = SEEDS[0],
     command lines); the pre-training stage is None when it has 0 iterations. From random weights, both start
     with the memory trunk and key head tied to the query side's (``--tied-training``) and a calibrated
     initialisation. ``videos``: the training videos (default ``out/videos-train``)."""
-    common = {"size": recipe.crop, "batch": BATCH, "seed": seed, "threads": recipe.threads, "device": recipe.device,
+    common = {"size": recipe.crop, "batch": recipe.batch, "seed": seed, "threads": recipe.threads, "device": recipe.device,
               "checkpoint_every": 100, "log_every": 25, "tied_training": True}
     pretrain = None
     if recipe.pretrain_iterations > 0:
@@ -260,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                         "model/weights/small_synthetic.safetensors)")
     parser.add_argument("--config", default=MODEL, help=f"model config (default: {MODEL}; others for experiments)")
     parser.add_argument("--size", type=int, default=CROP, help=f"training crop (default: {CROP})")
+    parser.add_argument("--batch", type=int, default=BATCH, help=f"clips per training step (default: {BATCH})")
     parser.add_argument("--short-side", type=int, default=SHORT_SIDE,
                         help=f"train on frames resized to this short side (x 1-1.3; default: {SHORT_SIDE}) and "
                         "choose the side to track at in that range; 0: at the crop's scale, tracking frames at "
@@ -285,8 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         raise UserInputError(f"--parallel must be at least 1, got {parallel}")
     if args.install is not None:
         check_install_target(args.install, args.config)  # before the hour of training, not after
-    recipe = Recipe(args.config, args.size, args.short_side or None, args.iterations, args.pretrain_iterations,
-                    args.memory_forget, args.train_batchnorm_until, args.threads, args.device)
+    recipe = Recipe(model=args.config, crop=args.size, short_side=args.short_side or None, batch=args.batch,
+                    main_iterations=args.iterations, pretrain_iterations=args.pretrain_iterations,
+                    memory_forget=args.memory_forget, batchnorm_until=args.train_batchnorm_until,
+                    threads=args.threads, device=args.device)
     stage_configs(recipe, args.out)  # the options checked (one-line errors) before any video is generated
     started = time.perf_counter()
     out: Path = args.out

@@ -107,6 +107,9 @@ def test_recipe_main_stage_is_the_documented_kmnrt_train_command(tmp_path):
     # and a recipe option passes through as the same kmnrt train option
     _, main = stage_configs(Recipe(batchnorm_until=5000), tmp_path, seed=2)
     assert config_from_args(parser.parse_args([*command, "--train-batchnorm-until", "5000"])) == main
+    _, main = stage_configs(Recipe(crop=224, short_side=224, batch=2), tmp_path, seed=2)
+    assert config_from_args(parser.parse_args([*command, "--size", "224", "--short-side", "224", "--batch", "2"])) \
+        == main
 
 
 def test_recipe_tracks_at_the_multiples_of_16_in_the_training_scale_range():
