@@ -120,8 +120,8 @@ def stage_configs(recipe: Recipe, out: Path, seed: int = SEEDS[0],
     command lines); the pre-training stage is None when it has 0 iterations. From random weights, both start
     with the memory trunk and key head tied to the query side's (``--tied-training``) and a calibrated
     initialisation. ``videos``: the training videos (default ``out/videos-train``)."""
-    common = {"size": recipe.crop, "batch": recipe.batch, "seed": seed, "threads": recipe.threads, "device": recipe.device,
-              "checkpoint_every": 100, "log_every": 25, "tied_training": True}
+    common = {"size": recipe.crop, "batch": recipe.batch, "seed": seed, "threads": recipe.threads,
+              "device": recipe.device, "checkpoint_every": 100, "log_every": 25, "tied_training": True}
     pretrain = None
     if recipe.pretrain_iterations > 0:
         pretrain = preset(recipe.model, "pretrain", out / "pretrain", iterations=recipe.pretrain_iterations,
