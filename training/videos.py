@@ -55,8 +55,8 @@ class VideoConfig:
             raise UserInputError(f"generated videos need at least 32x32 pixels and 3 frames, got "
                                  f"{self.width}x{self.height}, {self.frames} frames")
         if not 1 <= self.min_objects <= self.max_objects <= 255:
-            raise UserInputError(f"objects per video must lie in 1..255 (a mask PNG's ids; --max-objects), with "
-                                 f"at least {self.min_objects}; got {self.max_objects}")
+            raise UserInputError(f"objects per video must satisfy 1 <= min_objects <= max_objects (--max-objects) "
+                                 f"<= 255, the ids a mask PNG holds; got {self.min_objects} and {self.max_objects}")
 
 
 @dataclass(frozen=True)

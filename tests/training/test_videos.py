@@ -59,7 +59,7 @@ def test_written_tree_reads_as_davis_and_scores_perfectly_against_itself(tmp_pat
 
 @pytest.mark.parametrize("argv, message", [
     (["--seed", "-1"], "--seed must be 0 or more, got -1"),
-    (["--max-objects", "300"], "objects per video must lie in 1..255 (a mask PNG's ids; --max-objects)"),
+    (["--max-objects", "300"], "objects per video must satisfy 1 <= min_objects <= max_objects (--max-objects) <= 255"),
 ])
 def test_generate_data_option_errors_are_one_line(tmp_path, capsys, argv, message):
     from kmnrt.cli import main
