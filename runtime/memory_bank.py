@@ -59,9 +59,16 @@ class MemoryBank:
         self.max_objects = max_objects
         self.key_shape = tuple(key_shape)
         self.value_shape = tuple(value_shape)
-        self._key = torch.zeros(max_memory * max_objects * math.prod(key_shape), dtype=dtype, device=device)
-        self._value = torch.zeros(max_memory * max_objects * math.prod(value_shape), dtype=dtype, device=device)
-        self._valid = torch.zeros(max_memory * max_objects, dtype=dtype, device=device)
+        slots = max_memory * max_objects
+        try:
+            self._key = torch.zeros(slots * math.prod(key_shape), dtype=dtype, device=device)
+            self._value = torch.zeros(slots * math.prod(value_shape), dtype=dtype, device=device)
+            self._valid = torch.zeros(slots, dtype=dtype, device=device)
+        except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+            size = slots * (math.prod(key_shape) + math.prod(value_shape) + 1) * (torch.finfo(dtype).bits // 8)
+            raise UserInputError(f"the memory bank of {max_memory} slots x {max_objects} objects needs "
+                                 f"{size / 2**30:.1f} GiB, more than {device} can give ({str(exc).splitlines()[0]}); "
+                                 f"use a bundle exported with a smaller --max-memory or --max-objects") from None
         self.num_objects = 0
         self.slots: list[SlotRecord] = []    # slot t holds self.slots[t]; len(self.slots) == T
         self.num_permanent = 0               # P: slots 0..P-1 are permanent; slot P (if used) is temporary

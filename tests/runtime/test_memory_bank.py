@@ -106,3 +106,11 @@ def test_limits_are_user_errors():
     bank = MemoryBank(3, 2, KEY, VALUE)
     with pytest.raises(UserInputError, match="maximum of 2 objects"):
         bank.set_objects([], added=3)
+
+
+def test_a_bank_the_device_cannot_hold_is_a_user_error_with_its_size():
+    """A manifest edited to max_memory 10**7 ended in torch's allocator traceback; the size is what to act on.
+    10**13 slots ask for petabytes, which the allocator refuses at once, without touching memory."""
+    with pytest.raises(UserInputError, match=r"the memory bank of 10000000000000 slots x 2 objects needs .* GiB, "
+                                             r"more than cpu can give .*; use a bundle exported with a smaller"):
+        MemoryBank(10**13, 2, KEY, VALUE)
