@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 
@@ -85,6 +85,12 @@ def _sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def a_few(items: Iterable[object], most: int) -> str:
+    """The first ``most`` items for a message, ``"a, b, c, ..."`` when there are more."""
+    items = [str(item) for item in items]
+    return ", ".join(items[:most]) + (", ..." if len(items) > most else "")
 
 
 def describe_os_error(exc: OSError) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from kmnrt.errors import KmnrtWarning, UserInputError
+from kmnrt.errors import KmnrtWarning, UserInputError, a_few
 
 
 @contextmanager
@@ -66,9 +66,8 @@ def warn_of_earlier_masks(out: Path, written: Collection[str]) -> None:
     run's), which ``kmnrt eval`` would score as if they were this run's."""
     earlier = sorted(path.name for path in Path(out).glob("*.png") if path.stem not in written)
     if earlier:
-        warnings.warn(f"{out} also holds {len(earlier)} mask(s) this run did not write ({', '.join(earlier[:3])}"
-                      f"{', ...' if len(earlier) > 3 else ''}), from an earlier run; remove them before scoring "
-                      f"the folder", KmnrtWarning, stacklevel=2)
+        warnings.warn(f"{out} also holds {len(earlier)} mask(s) this run did not write ({a_few(earlier, 3)}), from an "
+                      f"earlier run; remove them before scoring the folder", KmnrtWarning, stacklevel=2)
 
 
 def refuse_writing_over_inputs(out: str | os.PathLike[str], inputs: Mapping[str, str | os.PathLike[str] | None],

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from kmnrt.data.atomic import atomic_output
-from kmnrt.errors import KmnrtWarning, UserInputError
+from kmnrt.errors import KmnrtWarning, UserInputError, a_few
 
 DAVIS_VOID = 255
 """Ground-truth value DAVIS uses for void pixels ("don't care"); the semi-supervised protocol counts them
@@ -135,7 +135,7 @@ def read_masks(mask_path: Path, frame_names: list[str]) -> tuple[np.ndarray, dic
     from kmnrt.data.frames import natural_sort_key
 
     if mask_path.is_file():
-        return tracking_mask(read_label_png(mask_path), mask_path), {}
+        return read_tracking_mask(mask_path), {}
     if not mask_path.is_dir():
         raise UserInputError(f"mask {mask_path} does not exist")
     by_name = {p.stem: p for p in mask_path.iterdir() if p.suffix.lower() == ".png"}
@@ -145,17 +145,17 @@ def read_masks(mask_path: Path, frame_names: list[str]) -> tuple[np.ndarray, dic
     unmatched = sorted((name for name in set(by_name) - set(frame_names) if natural_sort_key(name) < last),
                        key=natural_sort_key)
     if unmatched:
-        listed = ", ".join(by_name[name].name for name in unmatched[:3]) + (", ..." if len(unmatched) > 3 else "")
+        listed = a_few((by_name[name].name for name in unmatched), 3)
         raise UserInputError(f"mask folder {mask_path}: {len(unmatched)} mask(s) named like no frame ({listed}); "
                              f"name each mask like its frame (the first frame is {frame_names[0]})")
-    later = {i: tracking_mask(read_label_png(by_name[n]), by_name[n]) for i, n in enumerate(frame_names)
-             if i > 0 and n in by_name}
-    return tracking_mask(read_label_png(by_name[frame_names[0]]), by_name[frame_names[0]]), later
+    later = {i: read_tracking_mask(by_name[n]) for i, n in enumerate(frame_names) if i > 0 and n in by_name}
+    return read_tracking_mask(by_name[frame_names[0]]), later
 
 
-def tracking_mask(mask: np.ndarray, path: Path) -> np.ndarray:
-    """An annotation as the trackers take it: DAVIS's void value 255 beside other ids is not an object (the
+def read_tracking_mask(path: Path) -> np.ndarray:
+    """A mask PNG as the trackers take it: DAVIS's void value 255 beside other ids is not an object (the
     evaluation ignores it too), and a warning says so; 255 alone is the object."""
+    mask = read_label_png(path)
     void = mask == DAVIS_VOID
     if not void.any() or void.sum() + (mask == 0).sum() == mask.size:
         return mask

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from kmnrt.data.davis import Sequence, find_sequences, read_annotation
 from kmnrt.data.palette import DAVIS_VOID, read_label_png
-from kmnrt.errors import KmnrtWarning, UserInputError
+from kmnrt.errors import KmnrtWarning, UserInputError, a_few
 from kmnrt.evaluation.metrics import DEFAULT_BOUND_TH, contour_accuracy, region_similarity
 from kmnrt.evaluation.results import EvaluationResult, GlobalScores, ObjectScores
 
@@ -107,9 +107,8 @@ def evaluate_sequence(
         )
     absent = sorted(set(range(1, num_objects + 1)) - set(np.unique(first).tolist()))
     if absent:  # the official tool scores them too, and each absent one scores a perfect 1 (both masks empty)
-        listed = ", ".join(map(str, absent[:5])) + (", ..." if len(absent) > 5 else "")
         warnings.warn(f"sequence {sequence.name}: the first frame's ids run to {num_objects}, but {len(absent)} of "
-                      f"them are absent ({listed}); as in the official DAVIS tool they count as objects and, "
+                      f"them are absent ({a_few(absent, 5)}); as in the official DAVIS tool they count as objects and, "
                       f"empty in both masks, score 1.0 each; renumber the objects 1..N", KmnrtWarning, stacklevel=2)
     j_values = np.zeros((num_objects, len(frame_names)))
     f_values = np.zeros((num_objects, len(frame_names)))
