@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from kmnrt.framing import Framing, frame_to_tensor, one_hot_probs
-from kmnrt.runtime.inputs import mask_ids
+from kmnrt.inputs import mask_ids
 from kmnrt.model.kmn import KMN
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from kmnrt.errors import UserInputError
-from kmnrt.runtime.inputs import mask_ids
+from kmnrt.inputs import mask_ids
 
 DEFAULT_SEQUENCE = "davis2016_bmx-trees"  # the longest shared sequence (80 frames)
 MAX_LOADED_FRAMES = 160

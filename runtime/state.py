@@ -34,7 +34,8 @@ class ObjectManager:
         try:
             return 1 + self.ids.index(object_id)
         except ValueError:
-            raise UserInputError(f"object {object_id} is not tracked in this session (tracked: {self.ids})") from None
+            raise UserInputError(f"object {object_id!r} is not tracked in this session (tracked ids: "
+                                 f"{self.ids})") from None
 
     def id_table(self, device: torch.device) -> Tensor:
         """[N+1] uint8: channel -> label value (0 for the background). Built once per object set and device, not
@@ -89,6 +90,7 @@ class SessionState:
         workspace: the graph buffers.
         framing: where the video's frames sit in the network input (set by the first frame).
         next_index: the index the next frame gets (0 before the first frame).
+        owner: the tracker that made it, the only one that may step it.
     """
 
     objects: ObjectManager
@@ -96,13 +98,16 @@ class SessionState:
     workspace: Workspace
     framing: Framing | None = None
     next_index: int = 0
+    owner: object = field(default=None, repr=False, compare=False)
 
     @property
     def started(self) -> bool:
+        """Whether the session tracks at least one object (it can be stepped)."""
         return self.objects.count > 0
 
     @property
     def object_ids(self) -> list[int]:
+        """The tracked ids, in channel order (a copy)."""
         return list(self.objects.ids)
 
     @property
@@ -125,7 +130,7 @@ class StepResult:
         object_ids: the tracked ids; probability channel i+1 is object_ids[i].
         mask: [H, W] uint8 index mask at the frame's original size, with the user's label ids.
         probs: [N+1, H, W] float32 probabilities at the frame's size, background first, a torch tensor on the
-            runner's device (``None`` when the step was asked not to keep them); :meth:`probs_numpy` copies them.
+            runner's device (``None`` when the step was asked not to keep them); :meth:`probs_numpy` gives a copy.
         times: seconds per stage (``pre``, ``query_encode``, ``read``, ``decode``, ``post``, ``memorize``) and
             ``total``. In a :meth:`Tracker.step_batch`, ``query_encode`` is the batch's one encoder call.
     """
@@ -137,10 +142,11 @@ class StepResult:
     times: dict[str, float] = field(default_factory=dict)
 
     def probs_numpy(self) -> np.ndarray:
-        """The probabilities as a host array [N+1, H, W] float32."""
+        """The probabilities as a host array [N+1, H, W] float32, a copy (writing to it leaves ``probs`` as is)."""
         if self.probs is None:
             raise UserInputError("this step was run with keep_probs=False: no probabilities were kept")
-        return self.probs.float().cpu().numpy()
+        host = self.probs.float().cpu()
+        return host.numpy().copy() if host.data_ptr() == self.probs.data_ptr() else host.numpy()
 
 
 def _zeros(shape: tuple[int, ...], device: torch.device) -> Tensor:

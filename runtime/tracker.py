@@ -29,7 +29,7 @@ from kmnrt.framing import Framing, frame_to_tensor, one_hot_probs
 from kmnrt.model.config import ModelConfig, ReadConfig
 from kmnrt.model.kmn import KMN
 from kmnrt.runtime.backends.base import BaseRunner, load_runner
-from kmnrt.runtime.inputs import check_mask, choose_new_ids, frame_as_rgb
+from kmnrt.inputs import check_mask, choose_new_ids, frame_as_rgb, whole_number
 from kmnrt.runtime.memory_bank import MemoryBank
 from kmnrt.runtime.state import ObjectManager, SessionState, StepResult, Workspace
 from kmnrt.runtime.timing import StepClock
@@ -52,8 +52,7 @@ class Tracker:
     """Runs a bundle (or a model) on videos; one tracker serves any number of sessions (:class:`SessionState`)."""
 
     def __init__(self, runner: BaseRunner, spec: TrackerSpec):
-        if spec.mem_every < 1:
-            raise UserInputError(f"mem_every (--mem-every) must be at least 1, got {spec.mem_every}")
+        whole_number(spec.mem_every, "mem_every (--mem-every)", 1)
         self.runner = runner
         self.spec = spec
         self.graphs = {g.name: g for g in graph_specs(spec.model, *spec.input_size)}
@@ -69,6 +68,8 @@ class Tracker:
         ``mem_every`` overrides the bundle's."""
         from kmnrt.export.manifest import load_manifest
 
+        if not isinstance(path, (str, os.PathLike)):
+            raise UserInputError(f"a bundle is a folder: give its path (str or Path), got {path!r}")
         manifest = load_manifest(path, verify=verify)
         runner = load_runner(path, manifest, backend, device)
         spec = TrackerSpec(manifest.model_config, manifest.read_config, tuple(manifest.input_size),
@@ -83,8 +84,8 @@ class Tracker:
         """A tracker on the PyTorch backend for ``model``, without a bundle (tests, experiments)."""
         from kmnrt.runtime.backends.pytorch import TorchRunner
 
-        if input_size[0] % 16 or input_size[1] % 16:
-            raise UserInputError(f"input size {input_size[0]}x{input_size[1]} must be multiples of 16")
+        if len(input_size) != 2 or min(input_size) < 16 or input_size[0] % 16 or input_size[1] % 16:
+            raise UserInputError(f"input size {tuple(input_size)} must be (height, width), positive multiples of 16")
         runner = TorchRunner(model, input_size, device)
         runner.activate()
         spec = TrackerSpec(model.config, model.read_config, tuple(input_size), max_objects, max_memory, mem_every,
@@ -92,6 +93,7 @@ class Tracker:
         return cls(runner, spec)
 
     def close(self) -> None:
+        """Release the engines (and their device memory); the tracker and its sessions cannot be used after."""
         self.runner.deactivate()
 
     def __enter__(self) -> Tracker:
@@ -102,18 +104,24 @@ class Tracker:
 
     @property
     def backend(self) -> str:
+        """The runner's name: ``tensorrt``, ``onnxruntime``, ``onnxruntime-cuda`` or ``torch``."""
         return self.runner.name
 
     @property
     def device(self) -> torch.device:
+        """Where the sessions' banks and buffers live and the engines run."""
         return self.runner.device
 
     # --- sessions ---------------------------------------------------------------------------------------------
 
     def new_state(self) -> SessionState:
-        """An empty session: its bank and buffers are allocated now, once, on the runner's device."""
+        """An empty session: its bank and buffers are allocated now, once, on the runner's device. It belongs to
+        this tracker (another tracker refuses it); dropping it frees its memory."""
+        self._require_open()
         with self._on_device():
-            return self._allocate(self.device)
+            state = self._allocate(self.device)
+        state.owner = self
+        return state
 
     def _allocate(self, device: torch.device | str) -> SessionState:
         c = self.spec.model
@@ -143,8 +151,9 @@ class Tracker:
 
     def start(self, first_frame: np.ndarray | Tensor, mask: np.ndarray | Tensor,
               object_ids: list[int] | None = None) -> SessionState:
-        """A new session whose first frame is ``first_frame`` with the objects of ``mask`` ([H, W] index mask of
-        the frame's size; ``object_ids``: track only these ids of it). The first frame's result is the mask itself;
+        """A new session whose first frame is ``first_frame`` (HWC uint8 RGB, or [H, W] gray, or RGBA; numpy or
+        torch on any device) with the objects of ``mask`` ([H, W] integer ids 0..255 of the frame's size, 0 the
+        background; ``object_ids``: track only these ids of it). The first frame's result is the mask itself;
         ``tracker.add_objects(tracker.new_state(), frame, mask)`` does the same and returns it as a StepResult."""
         state = self.new_state()
         self.add_objects(state, first_frame, mask, object_ids, keep_probs=False)
@@ -162,11 +171,14 @@ class Tracker:
             raise UserInputError(f"step_batch got {len(states)} sessions but {len(frames)} frames")
         if len({id(s) for s in states}) != len(states):
             raise UserInputError("step_batch got the same session twice; a session takes one frame per call")
-        jobs = [self._job(state, frame, None, None) for state, frame in zip(states, frames)]
-        for job in jobs:
-            if not job.state.started:
-                raise UserInputError(f"frame {job.index}: this session tracks no object yet; start it with "
-                                     f"tracker.start(frame, mask) or tracker.add_objects(state, frame, mask)")
+        jobs = []
+        for position, (state, frame) in enumerate(zip(states, frames)):
+            try:
+                jobs.append(self._job(state, frame, None, None))
+            except UserInputError as error:
+                if len(states) == 1:
+                    raise
+                raise UserInputError(f"session {position + 1} of {len(states)}: {error}") from None
         if len(jobs) == 1:
             return self._run(jobs, keep_probs)
         with self._batch_lock:  # the batch buffers are the tracker's: one batched call at a time
@@ -198,6 +210,7 @@ class Tracker:
 
     def remove_object(self, state: SessionState, object_id: int) -> None:
         """Stop tracking ``object_id``; its memory is dropped from the bank (one re-pack, no per-frame cost)."""
+        self._check_owner(state)
         channel = state.objects.channel(object_id) - 1
         if state.objects.count == 1:
             raise UserInputError(f"object {object_id} is the last tracked object; call tracker.reset(state) to "
@@ -210,6 +223,7 @@ class Tracker:
     def reset(self, state: SessionState) -> None:
         """Forget every object and memory frame; the buffers stay allocated. Continue with ``add_objects`` (its
         frame becomes frame 0 of a new video, of any size)."""
+        self._check_owner(state)
         with self._on_device():
             state.bank.clear()
         state.objects.ids.clear()
@@ -220,8 +234,12 @@ class Tracker:
 
     def _job(self, state: SessionState, frame, mask, object_ids) -> _Job:
         """Check one frame (and mask) of a session before anything runs."""
+        self._check_owner(state)
         index = state.next_index
         where = f"frame {index}"
+        if mask is None and not state.started:
+            raise UserInputError(f"{where}: this session tracks no object yet; start it with tracker.start(frame, "
+                                 f"mask) or tracker.add_objects(state, frame, mask)")
         frame = frame_as_rgb(frame, where)
         frame_size = (int(frame.shape[0]), int(frame.shape[1]))
         framing = state.framing or Framing.fitted(frame_size, self.spec.input_size)
@@ -242,10 +260,26 @@ class Tracker:
                                      f"a bundle with a larger --max-objects")
         return job
 
-    def _run(self, jobs: list[_Job], keep_probs: bool) -> list[StepResult]:
+    def _require_open(self) -> None:
         if not self.runner.is_active:  # the runner would say "not active", which reads as a runner bug
-            raise RuntimeError("this tracker is closed (close() or the end of its `with` block released its "
-                               "engines); open a new one, e.g. Tracker.from_bundle(...)")
+            raise UserInputError("this tracker is closed (close() or the end of its `with` block released its "
+                                 "engines); open a new one, e.g. Tracker.from_bundle(...)")
+
+    def _check_owner(self, state: SessionState) -> None:
+        """A session's bank holds this tracker's features at this tracker's sizes: another tracker's engines would
+        read it wrongly, silently (another model) or with an engine's shape error."""
+        if not isinstance(state, SessionState):
+            raise UserInputError(f"expected a session (a SessionState from tracker.start(...) or "
+                                 f"tracker.new_state()), got {type(state).__name__}")
+        if state.owner is not self:
+            maker = (f"another tracker ({state.owner.spec.source}, {state.owner.backend})"
+                     if isinstance(state.owner, Tracker) else "no tracker")
+            raise UserInputError(f"this session was made by {maker}; a session stays with the tracker that made "
+                                 f"it: step it with that one, or start the video again with this one "
+                                 f"({self.spec.source})")
+
+    def _run(self, jobs: list[_Job], keep_probs: bool) -> list[StepResult]:
+        self._require_open()
         with self._on_device():
             shared = StepClock(self.runner.stream)
             for job in jobs:

@@ -188,9 +188,52 @@ def test_bad_input_is_reported_clearly(tiny_model, bmx_small):
         tracker.step(tracker.new_state(), frame)
     assert state.next_index == 1  # rejected frames do not advance the session
     tracker.close()
-    with pytest.raises(RuntimeError, match="this tracker is closed"):
+    with pytest.raises(UserInputError, match="this tracker is closed"):
         tracker.step(state, frame)
     assert state.next_index == 1
+    with pytest.raises(UserInputError, match="this tracker is closed"):
+        tracker.new_state()
+
+
+def test_sessions_stay_with_their_tracker_and_misuse_leaves_them_as_they_were(tiny_model, bmx_small):
+    frame, mask = bmx_small.frames[0], bmx_small.first_mask
+    tracker, other = make_tracker(tiny_model), make_tracker(tiny_model)
+    state = tracker.start(frame, mask)
+    for call in (lambda: other.step(state, frame), lambda: other.remove_object(state, 1),
+                 lambda: other.reset(state), lambda: other.step_batch([other.start(frame, mask), state],
+                                                                       [frame, frame])):
+        with pytest.raises(UserInputError, match=r"made by another tracker \(model, torch\); a session stays"):
+            call()
+    assert state.next_index == 1 and state.object_ids == [1, 2]
+    with pytest.raises(UserInputError, match="expected a session .* got NoneType"):
+        tracker.step(None, frame)
+    empty = tracker.new_state()
+    with pytest.raises(UserInputError, match="frame 0: this session tracks no object yet"):
+        tracker.fill_memory(empty, [frame])
+    assert empty.framing is None and empty.next_index == 0 and empty.memory_frames == 0
+    with pytest.raises(UserInputError, match=r"session 2 of 3: frame 0: this session tracks no object yet"):
+        tracker.step_batch([state, empty, tracker.start(frame, mask)], [frame] * 3)
+    with pytest.raises(UserInputError, match=r"session 1 of 2: frame 1: frames must be uint8"):
+        tracker.step_batch([state, tracker.start(frame, mask)], [frame.astype(np.float32), frame])
+    assert state.next_index == 1
+
+
+def test_numbers_are_checked_and_probs_numpy_is_a_copy(tiny_model, bmx_small):
+    for mem_every in (2.5, "5", 0, True):
+        with pytest.raises(UserInputError, match="mem_every .* must be a whole number of at least 1"):
+            make_tracker(tiny_model, mem_every=mem_every)
+    for size in ((0, 0), (64,), (-16, 64)):
+        with pytest.raises(UserInputError, match="must be \\(height, width\\), positive multiples of 16"):
+            Tracker.from_model(tiny_model, size)
+    with pytest.raises(UserInputError, match="a bundle is a folder: give its path"):
+        Tracker.from_bundle(None)
+    tracker = make_tracker(tiny_model)
+    result = tracker.step(tracker.start(bmx_small.frames[0], bmx_small.first_mask), bmx_small.frames[1])
+    copy = result.probs_numpy()
+    copy[:] = -1
+    assert float(result.probs.min()) >= 0 and np.array_equal(result.probs_numpy(), result.probs.numpy())
+    with pytest.raises(UserInputError, match="object '1' is not tracked in this session"):
+        tracker.remove_object(tracker.start(bmx_small.frames[0], bmx_small.first_mask), "1")
 
 
 def test_session_bytes_and_fill_memory(tiny_model, bmx_small):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kmnrt.errors import UserInputError
-from kmnrt.runtime.inputs import check_mask, choose_new_ids, frame_as_rgb
+from kmnrt.inputs import check_mask, choose_new_ids, frame_as_rgb
 
 RGB = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
 
@@ -71,5 +71,16 @@ def test_new_ids_skip_tracked_ones_and_given_ids_must_be_in_the_mask():
     assert choose_new_ids(mask, [3], [9], "frame 5") == [9]
     with pytest.raises(UserInputError, match=r"frame 5: object id\(s\) \[4\] do not occur in the mask"):
         choose_new_ids(mask, [], [4], "frame 5")
-    with pytest.raises(UserInputError, match="distinct non-zero ids"):
+    with pytest.raises(UserInputError, match=r"object_ids must be distinct, got \[7, 7\]"):
         choose_new_ids(mask, [], [7, 7], "frame 5")
+
+
+def test_given_ids_are_whole_numbers_and_one_may_be_given_alone():
+    mask = np.array([[0, 3], [7, 9]], np.uint8)
+    assert choose_new_ids(mask, [], 7, "frame 0") == [7]
+    assert choose_new_ids(mask, [], np.array([9, 3]), "frame 0") == [9, 3]
+    with pytest.raises(UserInputError, match="frame 0: object_ids is empty; pass None to track every object"):
+        choose_new_ids(mask, [], [], "frame 0")
+    for wrong in ([1.5], [7.0], ["7"], "7", [True], [0], [-3], 2.5):
+        with pytest.raises(UserInputError, match="frame 0: each of object_ids must be a whole number of at least 1"):
+            choose_new_ids(mask, [], wrong, "frame 0")

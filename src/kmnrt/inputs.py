@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Iterable
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -63,16 +66,29 @@ def mask_ids(mask: np.ndarray) -> list[int]:
     return [int(i) for i in np.unique(mask) if i != 0]
 
 
-def choose_new_ids(mask: np.ndarray, tracked: list[int], object_ids: list[int] | None, where: str) -> list[int]:
+def whole_number(value: object, name: str, least: int) -> int:
+    """``value`` as an int of at least ``least``; floats (2.5, and 5.0 too), strings and bools are refused, so a
+    mistake is named rather than rounded or compared with ints somewhere later."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)) or value < least:
+        raise UserInputError(f"{name} must be a whole number of at least {least}, got {value!r}")
+    return int(value)
+
+
+def choose_new_ids(mask: np.ndarray, tracked: list[int], object_ids: Iterable[int] | int | None,
+                   where: str) -> list[int]:
     """The ids of ``mask`` that become new objects: all untracked ids in it, or the given ``object_ids`` (each must
-    be in the mask). Ids already tracked are ignored, as in the reference tracker."""
+    be in the mask; one id may be given as an int). Ids already tracked are ignored, as in the reference tracker."""
     present = mask_ids(mask)
     if object_ids is not None:
-        wanted = [int(i) for i in object_ids]
+        several = isinstance(object_ids, Iterable) and not isinstance(object_ids, (str, bytes))
+        given = list(object_ids) if several else [object_ids]
+        if not given:
+            raise UserInputError(f"{where}: object_ids is empty; pass None to track every object of the mask")
+        wanted = [whole_number(i, f"{where}: each of object_ids", 1) for i in given]
+        if len(set(wanted)) != len(wanted):
+            raise UserInputError(f"{where}: object_ids must be distinct, got {wanted}")
         missing = [i for i in wanted if i not in present]
         if missing:
             raise UserInputError(f"{where}: object id(s) {missing} do not occur in the mask (it holds {present})")
-        if len(set(wanted)) != len(wanted) or 0 in wanted:
-            raise UserInputError(f"{where}: object_ids must be distinct non-zero ids, got {wanted}")
         present = wanted
     return [i for i in present if i not in tracked]
