@@ -18,6 +18,8 @@ Memory is kept as a list here on purpose: simple enough to read as the specifica
 
 from __future__ import annotations
 
+import numbers
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -25,8 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kmnrt.errors import UserInputError
-from kmnrt.framing import Framing, frame_to_tensor, mask_size_mismatch, one_hot_probs
+from kmnrt.errors import KmnrtWarning, UserInputError
+from kmnrt.framing import Framing, frame_to_tensor, one_hot_probs
+from kmnrt.inputs import check_mask, frame_as_rgb, mask_ids, whole_number
 from kmnrt.model.kmn import KMN
 
 
@@ -37,13 +40,11 @@ class TrackerConfig:
     short_side: int | None = None  # track at this short side (frames resized, masks resized back); None = as is
 
     def __post_init__(self) -> None:
-        if self.mem_every < 1:
-            raise UserInputError(f"mem_every (--mem-every) must be at least 1, got {self.mem_every}")
-        if self.max_memory is not None and self.max_memory < 2:
-            raise UserInputError(f"max_memory must be at least 2 (the first frame and the previous frame), "
-                                 f"got {self.max_memory}")
-        if self.short_side is not None and self.short_side < 16:
-            raise UserInputError(f"short_side must be at least 16 pixels, got {self.short_side}")
+        whole_number(self.mem_every, "mem_every (--mem-every)", 1)
+        if self.max_memory is not None:
+            whole_number(self.max_memory, "max_memory (memory slots: the first frame and the previous frame)", 2)
+        if self.short_side is not None:
+            whole_number(self.short_side, "short_side (pixels)", 16)
 
 
 @dataclass
@@ -93,13 +94,13 @@ class _Memory:
         return torch.stack(keys), torch.stack(values), torch.stack(valid)
 
 
-def _check_mask(mask: np.ndarray, frame_size: tuple[int, int], where: str) -> np.ndarray:
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise UserInputError(f"{where}: a mask must be a 2-D index image, got shape {mask.shape}")
-    if mask.shape != frame_size:
-        raise UserInputError(mask_size_mismatch(where, mask.shape, frame_size))
-    return mask
+def _check_later_masks(later_masks: Mapping[int, np.ndarray] | None) -> dict[int, np.ndarray]:
+    later = dict(later_masks or {})
+    for index in later:
+        if isinstance(index, bool) or not isinstance(index, (numbers.Integral, np.integer)) or index < 1:
+            raise UserInputError(f"later_masks: its keys are the indices (1, 2, ...) of the frames the masks belong "
+                                 f"to (frame 0's is first_mask), got {index!r}")
+    return {int(index): mask for index, mask in later.items()}
 
 
 class ReferenceTracker:
@@ -115,23 +116,25 @@ class ReferenceTracker:
               later_masks: Mapping[int, np.ndarray] | None = None) -> Iterator[FrameResult]:
         """Yield one :class:`FrameResult` per frame (frame 0 included).
 
-        frames: HWC uint8 RGB arrays of one size; first_mask: [H, W] index mask of frame 0 (0 = background);
-        later_masks: {frame index: index mask} for objects that first appear later; ids already tracked in them
-        are ignored (their prediction is kept).
+        frames: HWC uint8 RGB arrays of one size (or [H, W] gray, RGBA; numpy or torch), checked as the runtime
+        checks them; first_mask: [H, W] integer ids 0..255 of frame 0 (0 = background); later_masks: {frame
+        index: index mask} for objects that first appear later; ids already tracked in them are ignored (their
+        prediction is kept). An index past the video's end is warned of when the frames run out.
         """
-        later_masks = dict(later_masks or {})
+        later_masks = _check_later_masks(later_masks)
         memory = _Memory(self.config)
         object_ids: list[int] = []
         framing: Framing | None = None
+        index = -1
         for index, frame in enumerate(frames):
-            frame = np.asarray(frame)
+            frame = frame_as_rgb(frame, f"frame {index}")
             if framing is None:
-                framing = Framing.scaled(frame.shape[:2], self.config.short_side)
-                first_mask = _check_mask(first_mask, framing.frame_size, "first mask")
-                object_ids = [int(i) for i in np.unique(first_mask) if i != 0]
+                framing = Framing.scaled(tuple(frame.shape[:2]), self.config.short_side)
+                first_mask = check_mask(first_mask, framing.frame_size, "first mask")
+                object_ids = mask_ids(first_mask)
                 if not object_ids:
                     raise UserInputError("first mask has no object: every pixel is 0 (background)")
-            elif frame.shape[:2] != framing.frame_size:
+            elif tuple(frame.shape[:2]) != framing.frame_size:
                 raise UserInputError(f"frame {index} is {frame.shape[1]}x{frame.shape[0]}, but the sequence is "
                                      f"{framing.frame_size[1]}x{framing.frame_size[0]}")
             image = framing.to_input(frame_to_tensor(frame, self.device))[None]
@@ -146,8 +149,8 @@ class ReferenceTracker:
                 probs = framing.to_frame(memorised)
                 joined = False
                 if index in later_masks:
-                    mask = _check_mask(later_masks[index], framing.frame_size, f"mask of frame {index}")
-                    new_ids = [int(i) for i in np.unique(mask) if i != 0 and int(i) not in object_ids]
+                    mask = check_mask(later_masks[index], framing.frame_size, f"mask of frame {index}")
+                    new_ids = [i for i in mask_ids(mask) if i not in object_ids]
                     if new_ids:
                         probs = _join_objects(probs, mask, new_ids, self.device)
                         memorised = framing.to_input(probs)
@@ -157,6 +160,10 @@ class ReferenceTracker:
             permanent = joined or index % self.config.mem_every == 0
             memory.add(_MemoryFrame(index, key, value, permanent=permanent, protected=joined))
             yield _result(index, object_ids, probs)
+        beyond = sorted(i for i in later_masks if i > index)
+        if beyond:
+            warnings.warn(f"later_masks for frame(s) {beyond}: the video ended at frame {index}, so they were not "
+                          f"used", KmnrtWarning, stacklevel=2)
 
 
 def _join_objects(probs: Tensor, mask: np.ndarray, new_ids: list[int], device: torch.device) -> Tensor:

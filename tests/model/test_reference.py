@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kmnrt.errors import UserInputError
+from kmnrt.errors import KmnrtWarning, UserInputError
 from kmnrt.model.reference import ReferenceTracker, TrackerConfig, _Memory, _MemoryFrame
 
 
@@ -114,8 +114,34 @@ def test_bad_masks_are_user_errors(tiny_model, blackswan):
         list(tracker.track(frames[:2], mask[::2, ::2]))
     with pytest.raises(UserInputError, match="frame 1 is 427x240"):
         list(tracker.track([frames[0], frames[1][::2, ::2]], mask))
-    with pytest.raises(UserInputError, match="max_memory must be at least 2"):
+    with pytest.raises(UserInputError, match=r"max_memory \(memory slots: .*\) must be a whole number of at least 2"):
         TrackerConfig(max_memory=1)
+
+
+def test_frames_masks_and_later_masks_are_checked_as_the_runtime_checks_them(tiny_model, blackswan):
+    """The oracle refuses what the runtime refuses instead of giving other answers (a float frame in [0, 1] lost
+    the object; id 300 came back as 44), and takes the frames the runtime takes."""
+    frames, _, mask = blackswan
+    frames, mask = [np.ascontiguousarray(f[::8, ::8]) for f in frames[:3]], np.ascontiguousarray(mask[::8, ::8])
+    tracker = ReferenceTracker(tiny_model)
+    for frame, message in ((frames[0] / 255.0, "frame 0: frames must be uint8"),
+                           (frames[0].transpose(2, 0, 1), r"frame 0: a frame must be an \[H, W, 3\] RGB image")):
+        with pytest.raises(UserInputError, match=message):
+            list(tracker.track([frame], mask))
+    for bad, message in ((mask.astype(np.int64) * 300, r"first mask: object ids must lie in 1..255"),
+                         (-mask.astype(np.int64), r"first mask: object ids must lie in 1..255"),
+                         (mask.astype(np.float32), "first mask: a mask must hold integer object ids")):
+        with pytest.raises(UserInputError, match=message):
+            list(tracker.track(frames, bad))
+    for key in ("1", 0, 1.0):
+        with pytest.raises(UserInputError, match="later_masks: its keys are the indices"):
+            list(tracker.track(frames, mask, later_masks={key: mask}))
+    gray = [f.mean(axis=2).astype(np.uint8) for f in frames]
+    as_gray = [r.labels for r in tracker.track(gray, mask)]
+    as_rgb = [r.labels for r in tracker.track([np.repeat(g[..., None], 3, axis=2) for g in gray], mask)]
+    assert all(np.array_equal(a, b) for a, b in zip(as_gray, as_rgb))
+    with pytest.warns(KmnrtWarning, match=r"later_masks for frame\(s\) \[99\]: the video ended at frame 2"):
+        assert len(list(tracker.track(frames, mask, later_masks={99: mask}))) == 3
 
 
 @pytest.mark.cuda
