@@ -220,9 +220,10 @@ def choose_short_side(given: int | None, checkpoint: str | os.PathLike | None) -
 
 
 def load_model(config: ModelConfig, checkpoint: str | os.PathLike | None = None,
-               read: ReadConfig = ReadConfig()) -> KMN:
-    """A KMN of ``config`` in eval mode, with the checkpoint's weights (or seeded random ones without one)."""
-    model = build_model(config, read)
+               read: ReadConfig | None = None) -> KMN:
+    """A KMN of ``config`` in eval mode, with the checkpoint's weights (or seeded random ones without one), reading
+    with ``read``, else the read the checkpoint recommends (as ``kmnrt track`` does), else the paper's."""
+    model = build_model(config, choose_read(None, None, checkpoint) if read is None else read)
     if checkpoint is not None:
         state, stored_config = read_checkpoint(checkpoint)
         if stored_config is not None and stored_config != config:

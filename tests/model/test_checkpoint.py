@@ -79,6 +79,10 @@ def test_recommended_read_round_trips_and_fills_only_what_the_user_left_unset(tm
     assert recommended_read(plain) is None and recommended_read(tmp_path / "x.pth") is None
     assert recommended_read(tuned) == ReadConfig("kmn", 1.5)
     assert_same_weights(load_model(get_config("tiny"), tuned), model)  # the metadata changes no weight
+    # load_model reads as kmnrt track does: the checkpoint's recommendation unless told otherwise
+    assert load_model(get_config("tiny"), tuned).read_config == ReadConfig("kmn", 1.5)
+    assert load_model(get_config("tiny"), tuned, ReadConfig("stm", 7.0)).read_config == ReadConfig("stm", 7.0)
+    assert load_model(get_config("tiny"), plain).read_config == ReadConfig("kmn", 7.0)
     assert choose_read(None, None, tuned) == ReadConfig("kmn", 1.5)
     assert choose_read(None, 3.0, tuned) == ReadConfig("kmn", 3.0)
     assert choose_read("stm", None, tuned) == ReadConfig("stm", 1.5)
