@@ -91,6 +91,8 @@ def test_selecting_sequences_by_name(shared_vos) -> None:
     assert [sequence.name for sequence in chosen] == ["davis2016_kite-surf", "davis2016_blackswan"]
     with pytest.raises(UserInputError, match=r"blackswan not found in .*available: davis2016_blackswan"):
         find_sequences(shared_vos, ["blackswan"])
+    assert [sequence.name for sequence in find_sequences(shared_vos, "davis2016_blackswan")] == [
+        "davis2016_blackswan"]  # one name as a str, not its letters
 
 
 def test_bad_roots_are_errors(tmp_path) -> None:

@@ -2,7 +2,7 @@
 
 Public API (imported lazily, so ``import kmnrt.data`` does not load numpy, OpenCV or Pillow):
 
-- palette:  ``DAVIS_PALETTE``, ``read_label_png``, ``read_masks``, ``write_label_png``,
+- palette:  ``DAVIS_PALETTE``, ``read_label_png``, ``read_tracking_mask``, ``read_masks``, ``write_label_png``,
   ``colorize_labels``
 - frames:   ``read_image``, ``open_frames``, ``FrameSource``, ``ImageFolderSource``, ``VideoFileSource``
 - datasets: ``Sequence``, ``find_sequences``, ``read_annotation``, ``open_sequence_frames``
@@ -21,6 +21,7 @@ _EXPORTS = {
     "colorize_labels": "kmnrt.data.palette",
     "read_label_png": "kmnrt.data.palette",
     "read_masks": "kmnrt.data.palette",
+    "read_tracking_mask": "kmnrt.data.palette",
     "write_label_png": "kmnrt.data.palette",
     "IMAGE_EXTENSIONS": "kmnrt.data.frames",
     "FrameSource": "kmnrt.data.frames",
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
         colorize_labels,
         read_label_png,
         read_masks,
+        read_tracking_mask,
         write_label_png,
     )
 

@@ -65,7 +65,7 @@ class Sequence:
 
 def find_sequences(
     root: str | os.PathLike[str],
-    names: list[str] | tuple[str, ...] | None = None,
+    names: list[str] | tuple[str, ...] | str | None = None,
     *,
     resolution: str = "480p",
 ) -> list[Sequence]:
@@ -73,13 +73,16 @@ def find_sequences(
 
     Args:
         root: dataset folder.
-        names: keep only these sequences, in this order; an unknown name is an error.
+        names: keep only these sequences, in this order (one name may be given as a str); an unknown name is an
+            error.
         resolution: resolution folder to use when the tree has them (``480p`` or ``Full-Resolution``).
 
     Raises:
         UserInputError: ``root`` is missing, holds no sequence, or lacks one of ``names``.
     """
     root = Path(root)
+    if isinstance(names, str):  # not its letters
+        names = [names]
     if not root.exists():
         raise UserInputError(f"dataset folder {root} does not exist")
     if not root.is_dir():
