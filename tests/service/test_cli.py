@@ -106,8 +106,9 @@ def test_kmnrt_serve_as_a_process_serves_and_stops_cleanly_on_sigterm(tiny_bundl
             answer = client.send_frame(session.session_id, 1, video.frames[1])
             assert np.array_equal(answer.labels, reference(video)[1])
         server.send_signal(signal.SIGTERM)
-        # uvicorn shuts down gracefully, then re-raises the signal so that the exit reads as SIGTERM's
-        assert server.wait(timeout=30) in (0, -signal.SIGTERM)
+        # uvicorn drains, then re-raises the signal, which kmnrt turns into KeyboardInterrupt and uvicorn.run
+        # swallows: a drained stop exits 0, as docs/service.md says
+        assert server.wait(timeout=30) == 0
     finally:
         server.kill()
         log.close()

@@ -32,3 +32,10 @@ def test_non_loopback_requires_token():
 def test_invalid_values_are_user_errors(env):
     with pytest.raises(UserInputError, match="KMNRT_|queue_policy|ttl_s"):
         load_settings({}, env)
+
+
+def test_a_value_out_of_range_names_where_it_was_set():
+    with pytest.raises(UserInputError, match=r"queue_depth must be positive, got 0 \(set by KMNRT_QUEUE_DEPTH='0'\)"):
+        load_settings({}, {"KMNRT_QUEUE_DEPTH": "0", "KMNRT_MAX_BATCH": "2"})
+    with pytest.raises(UserInputError, match=r"max_batch must be positive, got 0 \(set by --max-batch\)$"):
+        load_settings({"max_batch": 0}, {"KMNRT_MAX_BATCH": "2"})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -107,16 +108,25 @@ def load_settings(cli: Mapping[str, Any] | None = None, environ: Mapping[str, st
     """Defaults, then ``KMNRT_*`` from ``environ`` (default ``os.environ``), then the non-``None`` ``cli`` values."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
+    origins: dict[str, str] = {}  # field -> where its value came from, for the error message
     for spec in fields(ServiceSettings):
         raw = environ.get(ENV_PREFIX + spec.name.upper())
         if raw is not None and raw != "":
             values[spec.name] = _parse(spec.name, raw, ServiceSettings.__dataclass_fields__[spec.name].type)
+            origins[spec.name] = f"{ENV_PREFIX}{spec.name.upper()}={raw!r}"
     for name, value in (cli or {}).items():
         if value is not None and name in ServiceSettings.__dataclass_fields__:
             values[name] = value
+            origins[name] = "--" + name.replace("_", "-")
     if isinstance(values.get("bundle"), str):
         values["bundle"] = Path(values["bundle"])
-    return ServiceSettings(**values)
+    try:
+        return ServiceSettings(**values)
+    except UserInputError as error:
+        named = [origin for name, origin in origins.items() if re.search(rf"\b{name}\b", str(error))]
+        if not named:
+            raise
+        raise UserInputError(f"{error} (set by {', '.join(named)})") from None
 
 
 def _parse(name: str, raw: str, annotation: str) -> Any:
