@@ -1,4 +1,4 @@
-"""Typed model configurations: ``paper`` (STM/KMN sizes), ``lite`` (ResNet-18, the default), ``small``,
+"""Typed model configurations: ``paper`` (STM/KMN sizes), ``lite`` (ResNet-18), ``small``,
 ``small-in`` and ``medium`` (trainable from scratch on a CPU; ``small`` is the embedded default model) and ``tiny``
 (tests)."""
 

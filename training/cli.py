@@ -51,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--iterations", type=int, help="optimizer steps of the stage (default: per config)")
     parser.add_argument("--batch", type=int, help="clips per step (default: 4)")
     parser.add_argument("--size", type=int,
-                        help="square crop side in pixels, a multiple of 16 (default: 384; tiny: 192)")
+                        help="square crop side in pixels, a multiple of 16 (default: paper, lite 384; tiny 192; "
+                        "small, small-in, medium 128)")
     parser.add_argument("--short-side", type=int,
                         help="main: resize frames to this short side (times a random zoom of 1-1.3) before "
                         "cropping (default: the crop size); track at the same scale (kmnrt track --short-side)")
@@ -64,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "that a random block of the object is moved to background in memory first, so the next "
                         "frame must be segmented whole from a memory that lost part of it (default: 0)")
     parser.add_argument("--lr", type=float,
-                        help="Adam learning rate (default: paper 1e-5, lite 1e-4, tiny 1e-3), poly-decayed")
+                        help="Adam learning rate (default: paper 1e-5, lite 1e-4, the others 1e-3), poly-decayed")
     parser.add_argument("--constant-lr", action="store_true", help="no poly decay of the learning rate")
     parser.add_argument("--warmup", type=int, default=0, metavar="N",
                         help="ramp the learning rate up linearly over the first N iterations (default: 0); from "

@@ -61,7 +61,7 @@ def tensorboard_writer(folder: Path):
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # torch raises it naming a missing module, which says nothing of --tensorboard
         raise UserInputError("--tensorboard needs the tensorboard package: pip install tensorboard (or "
-                             "kmnrt[tensorboard]), or train without --tensorboard") from None
+                             "kmn-rt[tensorboard]), or train without --tensorboard") from None
     return SummaryWriter(str(folder))
 
 
