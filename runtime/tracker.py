@@ -26,10 +26,10 @@ from torch import Tensor
 from kmnrt.errors import UserInputError
 from kmnrt.export.graphs import graph_specs
 from kmnrt.framing import Framing, frame_to_tensor, one_hot_probs
+from kmnrt.inputs import check_mask, choose_new_ids, frame_as_rgb, whole_number
 from kmnrt.model.config import ModelConfig, ReadConfig
 from kmnrt.model.kmn import KMN
 from kmnrt.runtime.backends.base import BaseRunner, load_runner
-from kmnrt.inputs import check_mask, choose_new_ids, frame_as_rgb, whole_number
 from kmnrt.runtime.memory_bank import MemoryBank
 from kmnrt.runtime.state import ObjectManager, SessionState, StepResult, Workspace
 from kmnrt.runtime.timing import StepClock
