@@ -256,8 +256,8 @@ class Tracker:
             total = state.objects.count + len(job.new_ids)
             if total > self.spec.max_objects:
                 raise UserInputError(f"{where}: {total} objects exceed the maximum of {self.spec.max_objects} "
-                                     f"objects of this bundle ({self.spec.source}); track fewer objects or export "
-                                     f"a bundle with a larger --max-objects")
+                                     f"objects of this bundle; track fewer objects or export a bundle with a "
+                                     f"larger --max-objects")  # no path: service clients see this message
         return job
 
     def _require_open(self) -> None:

@@ -137,10 +137,11 @@ def test_rle_mask_input_and_objects_added_and_removed(make_client, videos, track
     crowded = new_mask.copy()
     for k in range(6):  # more objects than the bundle holds: the runtime refuses the frame ...
         crowded[k * 2, :3] = 20 + k
-    assert "exceed the maximum" in _error(http.post(
+    refusal = _error(http.post(
         f"/v1/sessions/{session_id}/objects", files={"frame": ("f.png", _png(video.frames[1])),
                                                      "mask": ("m.png", encode_mask_png(crowded))},
         data={"frame_index": "1"}), 400, "invalid_input")["message"]  # ... and frame 1 can be sent again
+    assert "exceed the maximum" in refusal and "/" not in refusal  # the server's bundle path is not the client's
     added = client.add_objects(session_id, 1, video.frames[1], new_mask)
     assert added.object_ids == ids + [9]
     # the same through the runtime directly
