@@ -29,4 +29,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    try:
+        raise SystemExit(main(sys.argv[1:]))
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; `kmnrt bench` says "interrupted"
+        raise SystemExit(130) from None

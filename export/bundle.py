@@ -13,12 +13,13 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kmnrt.errors import UserInputError, VerificationError
+from kmnrt.errors import KmnrtWarning, UserInputError, VerificationError, a_few
 from kmnrt.model.config import ReadConfig, get_config
 from kmnrt.versions import package_versions
 
@@ -31,6 +32,7 @@ WEIGHTS = "weights.safetensors"
 REPORT = "report.json"
 RANDOM_SEED = 0
 DEFAULT_HEIGHT = 480
+MAX_SIDE = 8192  # per side; above any video format in use (4K is 2160x3840)
 
 
 @dataclass(frozen=True)
@@ -112,16 +114,20 @@ def validate_options(options: ExportOptions) -> None:
     for label, value in zip(("height", "width"), options.input_size):
         if value < 16:
             raise UserInputError(f"--{label} {value}: the network needs at least 16 pixels (one key cell)")
+        if value > MAX_SIDE:
+            raise UserInputError(f"--{label} {value} is above {MAX_SIDE} pixels, larger than any video format in "
+                                 f"use (the export would need hundreds of GB); frames of any size are resized "
+                                 f"to fit the bundle")
         if value % 16:
             raise UserInputError(f"--{label} {value} is not a multiple of 16; the nearest valid {label} is "
                                  f"{_nearest_multiple(value)}")
     if options.max_memory < 2:
         raise UserInputError(f"--max-memory {options.max_memory}: the bank needs at least 2 slots (the first "
                              f"frame and the previous frame)")
-    if options.max_objects < 1:
-        raise UserInputError(f"--max-objects {options.max_objects}: at least one object is needed")
+    if not 1 <= options.max_objects <= 255:
+        raise UserInputError(f"--max-objects {options.max_objects}: between 1 and 255 (object ids are 1..255)")
     if options.max_batch < 1:
-        raise UserInputError(f"max_batch {options.max_batch}: at least one frame per batch is needed")
+        raise UserInputError(f"--max-batch {options.max_batch}: at least one frame per batch is needed")
     if options.mem_every < 1:
         raise UserInputError(f"--mem-every {options.mem_every} must be at least 1")
     if options.precision not in PRECISIONS:
@@ -133,15 +139,43 @@ def validate_options(options: ExportOptions) -> None:
 
         target_description()  # fails fast, before any export work, where TensorRT or a GPU is missing
     if options.checkpoint is not None and not Path(options.checkpoint).is_file():
-        raise UserInputError(f"checkpoint {options.checkpoint} does not exist")
+        what = "is a folder; give the checkpoint file" if Path(options.checkpoint).is_dir() else "does not exist"
+        raise UserInputError(f"checkpoint {options.checkpoint} {what}")
+    if options.verify_frames is not None:
+        if not options.verify:
+            raise UserInputError("--verify-frames chooses the frames of the verification that --no-verify skips; "
+                                 "drop one of them")
+        from kmnrt.export.samples import frames_from
+
+        frames_from(options.verify_frames, 16, 16, 1)  # its errors name the path, now rather than after the export
     out = Path(options.out)
     if out.exists():
         # checked first, so that a folder --force would refuse is never answered with "pass --force"
-        if not out.is_dir() or not ((out / "manifest.json").is_file() or not any(out.iterdir())):
-            raise UserInputError(f"{out} exists and is not a kmnrt bundle; --force only replaces bundles "
-                                 f"(choose another --out)")
+        foreign = _not_a_bundle(out)
+        if foreign:
+            raise UserInputError(f"{out} exists and is not a kmnrt bundle ({foreign}); --force only replaces "
+                                 f"bundles (choose another --out)")
         if not options.force:
             raise UserInputError(f"output folder {out} already exists; pass --force to replace it")
+
+
+def _not_a_bundle(folder: Path) -> str | None:
+    """Why ``folder`` is not something --force may replace (``None``: an empty folder or a kmnrt bundle with
+    nothing in it but its own files): a ``manifest.json`` alone proves nothing, many tools write one."""
+    if not folder.is_dir():
+        return "a file"
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    if not entries:
+        return None
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        listed = set(manifest["files"]) if str(manifest["format"]).startswith("kmnrt-bundle-") else None
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = None
+    if listed is None:
+        return "no kmnrt manifest.json"
+    others = [name for name in entries if name != "manifest.json" and name not in listed]
+    return f"it also holds {a_few(others, 3)}" if others else None
 
 
 def load_export_model(options: ExportOptions):
@@ -154,6 +188,8 @@ def load_export_model(options: ExportOptions):
     checkpoint = options.checkpoint or default_checkpoint(config.name)
     model = load_model(config, checkpoint, options.read_config)
     if checkpoint is None:
+        warnings.warn(f"no checkpoint for config '{config.name}' (and no embedded one): the bundle holds seeded random "
+                      f"weights, its masks will be meaningless; pass --checkpoint", KmnrtWarning, stacklevel=2)
         return model, {"path": None, "sha256": None, "source": f"seeded random weights (seed {RANDOM_SEED})"}
     source = "embedded" if options.checkpoint is None else "file"
     return model, {"path": str(checkpoint), "sha256": sha256_of(checkpoint), "source": source}
@@ -175,6 +211,12 @@ def export_bundle(options: ExportOptions, model=None, progress: bool = True) -> 
         staging.mkdir()
         _build(options, model, staging, progress)
         _move_into_place(staging, out)
+    except (MemoryError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "can't allocate memory" not in str(exc):
+            raise
+        raise UserInputError(f"this machine has not enough memory to export a {options.height}x{options.width} "
+                             f"bundle; choose a smaller --height/--width (frames of any size are resized to fit "
+                             f"it)") from None
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise UserInputError(f"no space left on the device holding {out.parent} while writing the bundle; "

@@ -40,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--verify-frames", type=Path,
                         help="a folder of frames or a video to verify with (default: generated textured frames)")
     parser.add_argument("--out", type=Path, required=True, help="bundle folder to create, e.g. engines/NAME")
-    parser.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
+    parser.add_argument("--force", action="store_true", help="replace an existing bundle at --out (only a kmnrt bundle "
+                        "holding nothing but its own files, or an empty folder)")
     parser.add_argument("--no-verify", dest="verify", action="store_false",
                         help="skip the ONNX Runtime vs PyTorch verification (the report says so)")
     parser.set_defaults(handler=run_export)

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -96,8 +97,8 @@ class ReadConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("kmn", "stm"):
             raise UserInputError(f"unknown memory read {self.kind!r}: choose 'kmn' or 'stm'")
-        if not self.sigma > 0:
-            raise UserInputError(f"sigma must be positive, got {self.sigma}")
+        if not 0 < self.sigma < math.inf:  # nan and inf too: inf would be written to manifests as bare Infinity
+            raise UserInputError(f"sigma (--sigma) must be a positive number of key-grid cells, got {self.sigma}")
 
 
 CONFIGS: dict[str, ModelConfig] = {

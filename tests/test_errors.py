@@ -26,3 +26,21 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly():
     assert writer.stdout.read(10) == b"x" * 10
     writer.stdout.close()  # the reader goes away
     assert writer.wait(timeout=60) == 141 and writer.stderr.read() == b""
+
+
+def test_an_interruption_a_library_wraps_into_its_own_error_is_still_an_interruption():
+    """torch.onnx.export turns a KeyboardInterrupt into "Failed to export the model ... submit a PR to PyTorch"
+    (exit status 1 and a long traceback); a signal that arrived makes any such error the interruption it is."""
+    import signal
+
+    script = ("import sys, time; from kmnrt.errors import exit_status\n"
+              "def main():\n"
+              "    try:\n"
+              "        print('ready', flush=True); time.sleep(60)\n"
+              "    except KeyboardInterrupt:\n"
+              "        raise RuntimeError('a library wrapped the interruption')\n"
+              "sys.exit(exit_status(main))\n")
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline() == b"ready\n"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 143 and process.stderr.read() == b"terminated\n"

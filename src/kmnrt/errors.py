@@ -48,10 +48,11 @@ def exit_status(main: Callable[[], int]) -> int:
     """Run a command's ``main`` as the ``kmnrt`` command does: a :class:`KmnrtError` becomes one ``error:`` line on
     stderr and its exit status, Ctrl-C status 130 and SIGTERM 143 (both after the command's clean-up), a
     :class:`KmnrtWarning` one ``warning:`` line. For modules run with ``python -m``."""
+    received: list[int] = []
     try:
-        with warnings.catch_warnings(), _sigterm_raises():
+        with warnings.catch_warnings(), _signals_raise(received):
             warnings.showwarning = _show_warning(warnings.showwarning)
-            return main()
+            return _unwrapping_interruptions(main, received)
     except KmnrtError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -70,21 +71,38 @@ def exit_status(main: Callable[[], int]) -> int:
 
 
 @contextmanager
-def _sigterm_raises() -> Iterator[None]:
+def _signals_raise(received: list[int]) -> Iterator[None]:
     """While the command runs, SIGTERM raises :class:`Terminated` (Python's default would end the process at once,
-    leaving temporary files and half-built bundles behind). Only the main thread can set signal handlers."""
+    leaving temporary files and half-built bundles behind) and Ctrl-C ``KeyboardInterrupt`` as usual (unless it is
+    ignored, as in background jobs); both are noted in ``received``. Only the main thread can set handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def terminate(signum, frame):
-        raise Terminated
+    def on_signal(signum, frame):
+        received.append(signum)
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_signal)}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, on_signal)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _unwrapping_interruptions(main: Callable[[], int], received: list[int]) -> int:
+    """``main()``; an exception after a signal is the interruption a library wrapped into an error of its own
+    (torch.onnx.export turns a KeyboardInterrupt into "Failed to export the model ... submit a PR to PyTorch"),
+    and is reported as the interruption it is."""
+    try:
+        return main()
+    except Exception:
+        if not received:
+            raise
+        raise (Terminated() if received[-1] == signal.SIGTERM else KeyboardInterrupt()) from None
 
 
 def a_few(items: Iterable[object], most: int) -> str:

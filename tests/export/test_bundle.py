@@ -133,6 +133,14 @@ def test_an_export_that_freezes_n_is_caught(tmp_path: Path):
     ({"precision": "int8"}, "unknown precision 'int8'"),
     ({"read": "fast"}, "unknown memory read 'fast'"),
     ({"checkpoint": Path("/nonexistent/w.pth")}, "checkpoint /nonexistent/w.pth does not exist"),
+    ({"checkpoint": Path(__file__).parent}, "checkpoint .* is a folder; give the checkpoint file"),
+    ({"height": 100_000}, "--height 100000 is above 8192 pixels"),
+    ({"max_objects": 256}, r"--max-objects 256: between 1 and 255 \(object ids are 1..255\)"),
+    ({"sigma": float("inf")}, r"sigma \(--sigma\) must be a positive number of key-grid cells, got inf"),
+    ({"max_batch": 0}, "--max-batch 0: at least one frame"),
+    ({"verify_frames": Path("/nonexistent/frames")}, "/nonexistent/frames does not exist"),
+    ({"verify_frames": Path(__file__).parent, "verify": False}, "--verify-frames chooses the frames of the "
+                                                                "verification that --no-verify skips"),
 ])
 def test_bad_options_are_refused_before_any_work(tmp_path: Path, change: dict, message: str):
     options = ExportOptions(**{"config": "tiny", "out": tmp_path / "b", "height": 64, "width": 112, **change})
@@ -146,13 +154,37 @@ def test_existing_output_is_refused_unless_forced_and_only_bundles_are_replaced(
     occupied.mkdir()
     (occupied / "todo.txt").write_text("mine")
     for force in (False, True):  # never "pass --force" for a folder that --force would refuse too
-        with pytest.raises(UserInputError, match="is not a kmnrt bundle; --force only replaces bundles"):
+        with pytest.raises(UserInputError, match=r"is not a kmnrt bundle \(no kmnrt manifest.json\); --force only "
+                                                 r"replaces bundles"):
             export_bundle(ExportOptions("tiny", occupied, height=64, width=112, force=force), progress=False)
     assert (occupied / "todo.txt").read_text() == "mine"
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(UserInputError, match="already exists; pass --force"):
         export_bundle(ExportOptions("tiny", empty, height=64, width=112, verify=False), progress=False)
+    # a manifest.json alone proves nothing (many tools write one), nor does a bundle that holds the user's files
+    other_tool = tmp_path / "webapp"
+    other_tool.mkdir()
+    (other_tool / "manifest.json").write_text("{}")
+    (other_tool / "mine.txt").write_text("mine")
+    with pytest.raises(UserInputError, match=r"webapp exists and is not a kmnrt bundle \(no kmnrt manifest.json\)"):
+        export_bundle(ExportOptions("tiny", other_tool, height=64, width=112, force=True), progress=False)
+    used = tmp_path / "used"
+    shutil.copytree(tiny_bundle, used)
+    (used / "notes.txt").write_text("mine")
+    with pytest.raises(UserInputError, match=r"not a kmnrt bundle \(it also holds notes.txt\); --force only"):
+        export_bundle(ExportOptions("tiny", used, height=64, width=112, force=True), progress=False)
+    assert (other_tool / "mine.txt").read_text() == (used / "notes.txt").read_text() == "mine"
+
+
+def test_random_weights_are_exported_with_a_warning(tmp_path: Path):
+    from kmnrt.errors import KmnrtWarning
+    from kmnrt.export.bundle import load_export_model
+
+    with pytest.warns(KmnrtWarning, match="no checkpoint for config 'lite' .* seeded random weights, its masks will "
+                                          "be meaningless; pass --checkpoint"):
+        _, record = load_export_model(ExportOptions("lite", tmp_path / "b"))
+    assert record["source"] == "seeded random weights (seed 0)"
 
 
 def test_force_replaces_a_bundle(tmp_path: Path):
