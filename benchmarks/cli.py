@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import tempfile
 from datetime import date
 from pathlib import Path
 
@@ -21,7 +22,8 @@ over the baseline, peak RSS (CPU) or device memory (GPU), and the memory read's 
 affinity size N*T*(h*w)^2*4 bytes. --sessions adds a throughput run (K sessions through step_batch);
 --video-length adds the cost per frame along one long video.
 
-Without --json the results go to benchmarks/results/<device>-<date>.json with .md and .png next to it."""
+Without --json the results go to benchmarks/results/<device>-<date>.json (-2, -3, ... when the day's name is taken)
+with .md and .png next to it."""
 
 BACKEND_HELP = "reference,torch,onnxruntime[,onnxruntime-cuda,tensorrt]"
 DEFAULT_MEMORY = (1, 5, 10, 20)
@@ -85,8 +87,29 @@ def parse_backends(text: str) -> tuple[str, ...]:
 
 
 def default_paths(args: argparse.Namespace, device_name: str) -> tuple[Path, Path, Path]:
-    json_path = args.json or Path("benchmarks") / "results" / f"{device_name}-{date.today().isoformat()}.json"
+    """--json/--markdown/--plot as given; without --json, the device's and day's name in benchmarks/results, with
+    -2, -3, ... when an earlier run of the day holds it (the first may be committed results)."""
+    json_path = args.json
+    if json_path is None:
+        stem = Path("benchmarks") / "results" / f"{device_name}-{date.today().isoformat()}"
+        json_path, number = stem.with_suffix(".json"), 2
+        while any(json_path.with_suffix(s).exists() for s in (".json", ".md", ".png")):
+            json_path, number = stem.with_name(f"{stem.name}-{number}.json"), number + 1
     return (json_path, args.markdown or json_path.with_suffix(".md"), args.plot or json_path.with_suffix(".png"))
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Found now, not when the first measurement is saved (minutes to hours into a run)."""
+    from kmnrt.data.atomic import output_folder
+
+    if path.is_dir():
+        raise UserInputError(f"{option} {path} is a folder; give a file name")
+    output_folder(path.parent, option)
+    try:
+        tempfile.TemporaryFile(dir=path.parent).close()
+    except OSError as exc:
+        raise UserInputError(f"{option} {path}: cannot write in {path.parent} ({exc.strerror}); choose a writable "
+                             f"location") from None
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -102,14 +125,12 @@ def run_bench(args: argparse.Namespace) -> int:
     from kmnrt.benchmarks.environment import device_name, gpu_info
     from kmnrt.benchmarks.report import latency_table
     from kmnrt.benchmarks.suite import run_benchmark
-    from kmnrt.data.atomic import atomic_output, output_folder
+    from kmnrt.data.atomic import atomic_output
 
     options = options_from_args(args)
     json_path, markdown, plot = default_paths(args, device_name(gpu_info()))
     for option, path in (("--json", json_path), ("--markdown", markdown), ("--plot", plot)):
-        if path.is_dir():  # found now, not at the first save after a measurement
-            raise UserInputError(f"{option} {path} is a folder; give a file name")
-        output_folder(path.parent, option)
+        check_writable(path, option)
 
     def save(document: dict) -> None:
         with atomic_output(json_path) as tmp:
@@ -136,6 +157,12 @@ def options_from_args(args: argparse.Namespace):
     memory, objects = bundle_sizes(args)
     if not memory or not objects:
         raise UserInputError("--memory and --objects each need at least one value")
+    if args.device is not None and args.device.startswith("cuda"):  # other names get their own message later
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserInputError(f"--device {args.device}: no CUDA device is available to PyTorch here; use "
+                                 f"--device cpu or leave it out")
     return BenchOptions(
         bundle=args.bundle, backends=parse_backends(args.backends), memory=memory, objects=objects,
         frames=args.frames, warmup=args.warmup, input=args.input, device=args.device,

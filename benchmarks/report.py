@@ -37,7 +37,9 @@ def _ms(value: float | None) -> str:
 
 
 def _mb(value: int | None) -> str:
-    return "–" if value is None else f"{value / MB:.0f}"
+    if value is None:
+        return "–"
+    return f"{value / MB:.0f}" if value >= 10 * MB else f"{value / MB:.2g}"  # a small bundle's A is not "0"
 
 
 def _x(value: float | None) -> str:
@@ -148,7 +150,9 @@ def render_markdown(document: dict, plot_name: str | None = None) -> str:
         parts += [f"![latency vs T and per-stage time]({plot_name})", ""]
     if document["read_memory"]:
         parts += ["## Memory read peak vs the affinity size A = N·T·(h·w)²·4 bytes", "",
-                  read_memory_table(document), ""]
+                  read_memory_table(document), "",
+                  "A peak measured by the RSS high-water mark has a floor of a few MB (allocator pages): for an A "
+                  "well under that, as in small bundles, the multiple says nothing about the read.", ""]
     if document["throughput"]:
         parts += ["## Throughput: K concurrent sessions on one device", "", throughput_table(document), "",
                   "Batched: one `step_batch` per round (a frame's latency is the round's time). Sequential: "

@@ -125,7 +125,7 @@ def cuda_device(device: str | torch.device | None) -> torch.device:
     device = parse_device(device, "cuda")
     if not torch.cuda.is_available():
         raise UserInputError("no CUDA device is available to PyTorch (the runtime keeps its GPU buffers in torch "
-                             "tensors); install a CUDA build of torch or use --backend onnxruntime")
+                             "tensors); install a CUDA build of torch, or use the onnxruntime backend")
     if device.type != "cuda":
         raise UserInputError(f"a GPU backend needs a cuda device, got {device}")
     return torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from kmnrt.benchmarks.report import render_markdown, write_report
 from kmnrt.cli import main
@@ -69,6 +70,8 @@ def _error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
     (["--device", "tpu"], "--device tpu"),
     (["--input", "/nonexistent/video.mp4"], "/nonexistent/video.mp4 does not exist"),
     (["--plot", "."], "--plot . is a folder; give a file name"),
+    pytest.param(["--device", "cuda"], "--device cuda: no CUDA device is available to PyTorch here",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible here")),
 ])
 def test_bad_arguments_are_clear_errors(tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                         extra: list[str], message: str) -> None:
@@ -97,3 +100,22 @@ def test_default_sizes_fit_the_bundle_and_the_command_spells_them_out(tiny_bundl
     assert "--memory 1,5,8 --objects 1,3" in options.command
     given = build_parser().parse_args(["bench", "--bundle", str(tiny_bundle), "--memory", "2", "--objects", "4"])
     assert (options_from_args(given).memory, options_from_args(given).objects) == ((2,), (4,))
+
+
+def test_default_output_never_replaces_an_earlier_run_of_the_day(tmp_path: Path, monkeypatch) -> None:
+    """Without --json the results go to benchmarks/results/<device>-<date>.json: a second run of the day (from
+    the repository root: over committed results) takes the next free name instead."""
+    import argparse
+    from datetime import date
+
+    from kmnrt.benchmarks.cli import default_paths
+
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(json=None, markdown=None, plot=None)
+    stem = Path("benchmarks") / "results" / f"cpu-x-{date.today().isoformat()}"
+    assert default_paths(args, "cpu-x") == tuple(stem.with_suffix(s) for s in (".json", ".md", ".png"))
+    stem.parent.mkdir(parents=True)
+    stem.with_suffix(".md").write_text("an earlier run")
+    assert default_paths(args, "cpu-x")[0] == stem.with_name(stem.name + "-2.json")
+    stem.with_name(stem.name + "-2.json").write_text("{}")
+    assert default_paths(args, "cpu-x")[2] == stem.with_name(stem.name + "-3.png")
