@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
 import tempfile
 from datetime import date
 from pathlib import Path
@@ -132,11 +133,20 @@ def run_bench(args: argparse.Namespace) -> int:
     for option, path in (("--json", json_path), ("--markdown", markdown), ("--plot", plot)):
         check_writable(path, option)
 
+    saved: list[bool] = []
+
     def save(document: dict) -> None:
         with atomic_output(json_path) as tmp:
             tmp.write_text(json.dumps(document, indent=2))
+        saved.append(True)
 
-    document = run_benchmark(options, save)
+    try:
+        document = run_benchmark(options, save)
+    except KeyboardInterrupt:
+        if saved:  # the JSON holds what was measured; the .md and .png beside it are not this run's
+            print(f"the measurements so far are in {json_path}; render them with: kmnrt bench --report "
+                  f"{json_path}", file=sys.stderr)
+        raise
     print(f"wrote {json_path}")
     for path in write_report(document, markdown, plot):
         print(f"wrote {path}")

@@ -19,7 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kmnrt.errors import KmnrtWarning, UserInputError, VerificationError, a_few
+from kmnrt.errors import KmnrtWarning, UserInputError, VerificationError
+from kmnrt.export.placement import move_into_place, not_a_bundle, remove_abandoned_staging
 from kmnrt.model.config import ReadConfig, get_config
 from kmnrt.versions import package_versions
 
@@ -151,31 +152,12 @@ def validate_options(options: ExportOptions) -> None:
     out = Path(options.out)
     if out.exists():
         # checked first, so that a folder --force would refuse is never answered with "pass --force"
-        foreign = _not_a_bundle(out)
+        foreign = not_a_bundle(out)
         if foreign:
             raise UserInputError(f"{out} exists and is not a kmnrt bundle ({foreign}); --force only replaces "
                                  f"bundles (choose another --out)")
         if not options.force:
             raise UserInputError(f"output folder {out} already exists; pass --force to replace it")
-
-
-def _not_a_bundle(folder: Path) -> str | None:
-    """Why ``folder`` is not something --force may replace (``None``: an empty folder or a kmnrt bundle with
-    nothing in it but its own files): a ``manifest.json`` alone proves nothing, many tools write one."""
-    if not folder.is_dir():
-        return "a file"
-    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
-    if not entries:
-        return None
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-        listed = set(manifest["files"]) if str(manifest["format"]).startswith("kmnrt-bundle-") else None
-    except (OSError, ValueError, KeyError, TypeError):
-        listed = None
-    if listed is None:
-        return "no kmnrt manifest.json"
-    others = [name for name in entries if name != "manifest.json" and name not in listed]
-    return f"it also holds {a_few(others, 3)}" if others else None
 
 
 def load_export_model(options: ExportOptions):
@@ -205,12 +187,13 @@ def export_bundle(options: ExportOptions, model=None, progress: bool = True) -> 
     options = with_checkpoint_defaults(options, model)
     out = Path(options.out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_staging(out)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir()
         _build(options, model, staging, progress)
-        _move_into_place(staging, out)
+        move_into_place(staging, out, options.force)
     except (MemoryError, RuntimeError) as exc:
         if isinstance(exc, RuntimeError) and "can't allocate memory" not in str(exc):
             raise
@@ -225,20 +208,6 @@ def export_bundle(options: ExportOptions, model=None, progress: bool = True) -> 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
-
-
-def _move_into_place(staging: Path, out: Path) -> None:
-    if not out.exists():
-        os.replace(staging, out)
-        return
-    retired = out.parent / f".{out.name}.replaced-{os.getpid()}"
-    os.replace(out, retired)
-    try:
-        os.replace(staging, out)
-    except OSError:
-        os.replace(retired, out)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 def _steps(options: ExportOptions) -> list[str]:

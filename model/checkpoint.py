@@ -70,7 +70,10 @@ def _short_list(items: list[str], limit: int = 8) -> str:
 
 
 def fitting_configs(state: dict[str, Tensor]) -> list[str]:
-    """Names of the built-in configs whose parameter shapes this (converted) state dict matches."""
+    """Names of the built-in configs whose parameter shapes this (converted) state dict matches (BatchNorm's
+    ``num_batches_tracked`` may be missing, but is a scalar where present)."""
+    if any(k.endswith("num_batches_tracked") and v.dim() for k, v in state.items()):
+        return []
     fits = []
     for name, config in CONFIGS.items():
         expected = {k: v.shape for k, v in KMN(config).state_dict().items() if not k.endswith("num_batches_tracked")}

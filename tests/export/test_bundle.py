@@ -177,6 +177,28 @@ def test_existing_output_is_refused_unless_forced_and_only_bundles_are_replaced(
     assert (other_tool / "mine.txt").read_text() == (used / "notes.txt").read_text() == "mine"
 
 
+def test_killed_exports_are_cleaned_up_and_a_bundle_that_appears_meanwhile_is_not_replaced(tmp_path: Path):
+    import os
+
+    from kmnrt.export.placement import move_into_place
+
+    dead = next(pid for pid in range(4_000_000, 4_100_000) if not Path(f"/proc/{pid}").exists())
+    abandoned = [tmp_path / f".b.partial-{dead}", tmp_path / f".b.replaced-{dead}"]
+    alive = tmp_path / f".b.partial-{os.getppid()}"  # an export still running elsewhere: left alone
+    for folder in (*abandoned, alive):
+        folder.mkdir()
+        (folder / "weights.safetensors").write_bytes(b"x" * 100)
+    model = build_model(get_config("tiny"), seed=0)
+    export_bundle(ExportOptions("tiny", tmp_path / "b", height=32, width=32, max_objects=1, max_memory=2,
+                                verify=False), model=model, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, "b"])
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    with pytest.raises(UserInputError, match="was written by another process while this export ran"):
+        move_into_place(staging, tmp_path / "b", force=False)
+    assert staging.is_dir() and (tmp_path / "b" / "manifest.json").is_file()
+
+
 def test_random_weights_are_exported_with_a_warning(tmp_path: Path):
     from kmnrt.errors import KmnrtWarning
     from kmnrt.export.bundle import load_export_model

@@ -131,6 +131,13 @@ def test_checkpoint_of_another_architecture_lists_keys_and_shapes(tmp_path):
     assert "missing keys" in message and "shape conflicts" in message
     assert "memory_encoder.res2.0.conv3.weight" in message  # a bottleneck key absent from ResNet-18
     assert "it fits --config lite" in message
+    # a damaged checkpoint of the right config fits no config: the hint must not name the one just refused
+    state = build_model(get_config("tiny")).state_dict()
+    state["memory_encoder.bn1.num_batches_tracked"] = torch.zeros(3, 3, dtype=torch.int64)
+    torch.save(state, tmp_path / "damaged.pth")
+    with pytest.raises(CheckpointError, match="it fits none of the built-in configs") as info:
+        load_model(get_config("tiny"), tmp_path / "damaged.pth")
+    assert "it fits --config tiny" not in str(info.value)
 
 
 def test_foreign_state_dict_is_rejected_with_one_message(tmp_path):
