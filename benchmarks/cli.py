@@ -160,11 +160,14 @@ def options_from_args(args: argparse.Namespace):
     if args.bundle is None:
         raise UserInputError("--bundle is required (a folder written by `kmnrt export`), or use --report JSON")
     point = None
+    if args.throughput_at and not args.sessions:
+        raise UserInputError("--throughput-at sets where the throughput run of --sessions measures; give --sessions "
+                             "too (e.g. --sessions 1,2,4)")
     if args.throughput_at:
         point = parse_ints(args.throughput_at, "--throughput-at")
         if len(point) != 2:
             raise UserInputError(f"--throughput-at {args.throughput_at}: give N,T (two numbers)")
-    memory, objects = bundle_sizes(args)
+    memory, objects = (tuple(sorted(set(values))) for values in bundle_sizes(args))  # each configuration once
     if not memory or not objects:
         raise UserInputError("--memory and --objects each need at least one value")
     if args.device is not None and args.device.startswith("cuda"):  # other names get their own message later

@@ -55,7 +55,7 @@ def measure_latency(engine: Engine, bench_input: BenchInput, objects: int, memor
         _reset_device_peak(engine.device)
         totals, stages = [], []
         bar = tqdm(range(frames), desc=f"{engine.name} N={objects} T={memory}", file=sys.stderr, leave=False,
-                   disable=not progress, unit="frame")
+                   disable=not progress or None, unit="frame")
         for _ in bar:
             elapsed, times = timed_step(engine, state, next(stream), memory)
             totals.append(elapsed)
@@ -81,7 +81,7 @@ def measure_video_length(engine: Engine, bench_input: BenchInput, objects: int, 
     size = max(1, math.ceil(length / windows))
     rows, totals = [], []
     bar = tqdm(range(1, length + 1), desc=f"{engine.name} N={objects} video of {length}", file=sys.stderr,
-               leave=False, disable=not progress, unit="frame")
+               leave=False, disable=not progress or None, unit="frame")
     for index in bar:
         memory = engine.memory_frames(state)  # what this step reads
         synchronize(engine.device)
@@ -114,7 +114,7 @@ def measure_throughput(engine: Engine, bench_input: BenchInput, objects: int, me
         for _ in range(warmup):
             _batched_round(engine, states, streams, memory)
         bar = tqdm(total=2 * rounds * count, desc=f"{engine.name} K={count} N={objects} T={memory}",
-                   file=sys.stderr, leave=False, disable=not progress, unit="frame")
+                   file=sys.stderr, leave=False, disable=not progress or None, unit="frame")
         batched = []
         for _ in range(rounds):
             batched.append(_batched_round(engine, states, streams, memory))

@@ -66,7 +66,8 @@ def _error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
     (["--backends", "torch,torch"], "twice"),
     (["--frames", "0"], "--frames 0"),
     (["--sessions", "0"], "--sessions 0"),
-    (["--throughput-at", "1"], "give N,T"),
+    (["--throughput-at", "1", "--sessions", "1,2"], "give N,T"),
+    (["--throughput-at", "1,1"], "--throughput-at sets where the throughput run of --sessions measures"),
     (["--device", "tpu"], "--device tpu"),
     (["--input", "/nonexistent/video.mp4"], "/nonexistent/video.mp4 does not exist"),
     (["--plot", "."], "--plot . is a folder; give a file name"),
@@ -100,6 +101,8 @@ def test_default_sizes_fit_the_bundle_and_the_command_spells_them_out(tiny_bundl
     assert "--memory 1,5,8 --objects 1,3" in options.command
     given = build_parser().parse_args(["bench", "--bundle", str(tiny_bundle), "--memory", "2", "--objects", "4"])
     assert (options_from_args(given).memory, options_from_args(given).objects) == ((2,), (4,))
+    twice = build_parser().parse_args(["bench", "--bundle", str(tiny_bundle), "--memory", "3,1,3", "--objects", "2,2"])
+    assert (options_from_args(twice).memory, options_from_args(twice).objects) == ((1, 3), (2,))
 
 
 def test_default_output_never_replaces_an_earlier_run_of_the_day(tmp_path: Path, monkeypatch) -> None:
