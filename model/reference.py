@@ -18,7 +18,6 @@ Memory is kept as a list here on purpose: simple enough to read as the specifica
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -95,12 +94,8 @@ class _Memory:
 
 
 def _check_later_masks(later_masks: Mapping[int, np.ndarray] | None) -> dict[int, np.ndarray]:
-    later = dict(later_masks or {})
-    for index in later:
-        if isinstance(index, bool) or not isinstance(index, (numbers.Integral, np.integer)) or index < 1:
-            raise UserInputError(f"later_masks: its keys are the indices (1, 2, ...) of the frames the masks belong "
-                                 f"to (frame 0's is first_mask), got {index!r}")
-    return {int(index): mask for index, mask in later.items()}
+    name = "each key of later_masks (the index of the frame the mask belongs to; frame 0's is first_mask)"
+    return {whole_number(index, name, 1): mask for index, mask in (later_masks or {}).items()}
 
 
 class ReferenceTracker:

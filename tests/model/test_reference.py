@@ -134,7 +134,8 @@ def test_frames_masks_and_later_masks_are_checked_as_the_runtime_checks_them(tin
         with pytest.raises(UserInputError, match=message):
             list(tracker.track(frames, bad))
     for key in ("1", 0, 1.0):
-        with pytest.raises(UserInputError, match="later_masks: its keys are the indices"):
+        with pytest.raises(UserInputError, match=r"each key of later_masks \(the index of the frame .*\) must be a "
+                                                 r"whole number of at least 1"):
             list(tracker.track(frames, mask, later_masks={key: mask}))
     gray = [f.mean(axis=2).astype(np.uint8) for f in frames]
     as_gray = [r.labels for r in tracker.track(gray, mask)]
