@@ -135,3 +135,35 @@ def test_shutdown_finishes_the_frame_in_flight(tracker, loopback, videos, refere
         ctx.registry.get(session.session_id)
     assert (raised.value.status, raised.value.code) == (410, "session_server_shutdown")
     assert not ctx.worker.ready.is_set()
+
+
+def test_a_stalled_upload_is_refused_and_its_connection_freed(tracker, loopback):
+    """Headers and part of a body, then nothing (a stalled client, or slowloris): 408 after the idle timeout,
+    the connection closed, the error counted; a body that keeps arriving is not cut off."""
+    import socket
+    import time
+
+    from kmnrt.service.app import create_app
+    from kmnrt.service.settings import ServiceSettings
+
+    app = create_app(ServiceSettings(warmup=False, body_timeout_s=0.5), tracker=tracker)
+    with loopback(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as raw:
+            raw.sendall(b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
+                        b"Content-Type: multipart/form-data; boundary=B\r\n\r\n--B\r\n")
+            started = time.monotonic()
+            answer = b""
+            while chunk := raw.recv(4096):  # until the server closes the connection
+                answer += chunk
+            waited = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 408") and b'"code":"body_stalled"' in answer
+        assert 0.4 < waited < 10
+        assert 'kmnrt_errors_total{code="body_stalled"} 1.0' in httpx.get(f"{url}/metrics").text
+        with socket.create_connection((host, int(port)), timeout=30) as raw:  # slow but steady: not stalled
+            raw.sendall(b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n"
+                        b"Content-Type: application/x-www-form-urlencoded\r\n\r\n")
+            for byte in b"a=1&b=":
+                time.sleep(0.3)
+                raw.sendall(bytes([byte]))
+            assert not raw.recv(4096).startswith(b"HTTP/1.1 408")

@@ -57,12 +57,23 @@ class BodyTooLarge(StarletteHTTPException):
         super().__init__(413, f"the request body exceeds the server's limit of {limit} bytes")
 
 
-class BodyLimitMiddleware:
-    """Refuses bodies over ``limit`` bytes: at once from Content-Length, else while they stream in (chunked)."""
+class BodyStalled(StarletteHTTPException):
+    """No byte of a request body for ``seconds``: a stalled (or slowloris) upload must not hold a connection and a
+    handler for good; uvicorn has no body timeout of its own."""
 
-    def __init__(self, app, limit: int):
+    def __init__(self, seconds: float):
+        super().__init__(408, f"the request body stalled: no data for {seconds:g} s; send the whole body")
+
+
+class BodyLimitMiddleware:
+    """Refuses bodies over ``limit`` bytes: at once from Content-Length, else while they stream in (chunked); and
+    bodies that stop arriving for ``idle_timeout`` seconds (only while the body is incomplete: later receives wait
+    for a disconnect, which may take as long as it takes)."""
+
+    def __init__(self, app, limit: int, idle_timeout: float):
         self.app = app
         self.limit = limit
+        self.idle_timeout = idle_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -74,11 +85,17 @@ class BodyLimitMiddleware:
                                        f" bytes) exceeds the server's limit of {self.limit} bytes")
             count_error(scope.get("app"), "body_too_large")
             return await response(scope, receive, send)
-        seen = 0
+        seen, complete = 0, False
 
         async def limited_receive():
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.idle_timeout)
+            except asyncio.TimeoutError:
+                raise BodyStalled(self.idle_timeout) from None
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
             seen += len(message.get("body", b""))
             if seen > self.limit:
                 raise BodyTooLarge(self.limit)
@@ -186,7 +203,7 @@ def create_app(settings: ServiceSettings, tracker: Tracker | None = None) -> Fas
                   "device. Errors are `{\"error\": {\"code\", \"message\"}}`. WebSocket `/v1/stream`: see "
                   "docs/service.md.",
                   responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 413: {"model": ErrorBody}})
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, idle_timeout=settings.body_timeout_s)
     app.add_middleware(BearerAuthMiddleware, token=settings.token)  # added last = runs first
     _install_error_handlers(app)
 
@@ -266,8 +283,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status_code,
-                                                                                        "bad_request")
+        code = {404: "not_found", 405: "method_not_allowed", 408: "body_stalled",
+                413: "body_too_large"}.get(exc.status_code, "bad_request")
         count_error(request.app, code)
         return _error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 

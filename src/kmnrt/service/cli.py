@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-batch", type=int, help="sessions per query-encoder call (default: 8; 1 = off)")
     serve.add_argument("--max-delay-ms", type=float, help="wait for a fuller batch at most this long (default: 2)")
     serve.add_argument("--max-body-mb", type=float, help="largest request body or message (default: 16)")
+    serve.add_argument("--body-timeout-s", type=float, help="a request body that stops arriving for this long is "
+                       "refused with 408 and its connection freed (default: 30)")
     serve.add_argument("--max-frame-pixels", type=int, help="largest frame, width x height (default: 4096x2160)")
     serve.add_argument("--mask-format", choices=("png", "rle", "raw"), help="default mask format (default: png)")
     serve.add_argument("--reap-interval-s", type=float, help="how often idle sessions are looked for (default: 1)")

@@ -41,6 +41,7 @@ class ServiceSettings:
         max_batch: most sessions' frames per query-encoder call (1 disables cross-session batching).
         max_delay_ms: how long the worker waits for more sessions' frames before running a partial batch.
         max_body_mb: largest request body (and WebSocket message) accepted.
+        body_timeout_s: a request body that stops arriving for this long is refused (408), its connection freed.
         max_frame_pixels: largest frame (width x height) accepted.
         mask_format: default mask format of answers.
         tombstones: how many closed session ids keep answering 410 with their reason (oldest forgotten first).
@@ -64,6 +65,7 @@ class ServiceSettings:
     max_batch: int = 8
     max_delay_ms: float = 2.0
     max_body_mb: float = 16.0
+    body_timeout_s: float = 30.0
     max_frame_pixels: int = 4096 * 2160
     mask_format: str = "png"
     tombstones: int = 10000
@@ -82,7 +84,7 @@ class ServiceSettings:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
             problems.append(f"port must be between 0 and 65535, got {self.port}")
-        for name in ("memory_budget_mb", "ttl_s", "reap_interval_s", "max_body_mb"):
+        for name in ("memory_budget_mb", "ttl_s", "reap_interval_s", "max_body_mb", "body_timeout_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_delay_ms < 0 or self.max_sessions < 0:
