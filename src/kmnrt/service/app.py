@@ -65,7 +65,7 @@ class BodyStalled(StarletteHTTPException):
         super().__init__(408, f"the request body stalled: no data for {seconds:g} s; send the whole body")
 
 
-class BodyLimitMiddleware:
+class BodyGuardMiddleware:
     """Refuses bodies over ``limit`` bytes: at once from Content-Length, else while they stream in (chunked); and
     bodies that stop arriving for ``idle_timeout`` seconds (only while the body is incomplete: later receives wait
     for a disconnect, which may take as long as it takes)."""
@@ -203,7 +203,7 @@ def create_app(settings: ServiceSettings, tracker: Tracker | None = None) -> Fas
                   "device. Errors are `{\"error\": {\"code\", \"message\"}}`. WebSocket `/v1/stream`: see "
                   "docs/service.md.",
                   responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 413: {"model": ErrorBody}})
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, idle_timeout=settings.body_timeout_s)
+    app.add_middleware(BodyGuardMiddleware, limit=settings.max_body_bytes, idle_timeout=settings.body_timeout_s)
     app.add_middleware(BearerAuthMiddleware, token=settings.token)  # added last = runs first
     _install_error_handlers(app)
 
