@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -17,12 +18,12 @@ examples:
   kmnrt train --config tiny --stage main --data DAVIS2017 --init runs/tiny-pre/model.safetensors --out runs/tiny
   # the paper recipe on a GPU, from STM's released weights
   kmnrt train --config paper --stage main --data DAVIS2017 --init STM_weights.pth --device cuda --out runs/paper
-  # continue an interrupted run (same options, more or the same --iterations)
-  kmnrt train --config tiny --stage pretrain --resume runs/tiny-pre/train_state.pt --out runs/tiny-pre
+  # continue an interrupted run: the same options (--iterations too, or more), --resume its folder
+  kmnrt train --config tiny --stage pretrain --iterations 2000 --resume runs/tiny-pre --out runs/tiny-pre
 
 writes to --out: model.safetensors (weights, every --checkpoint-every iterations and at the end),
 model_averaged.safetensors (with --average-from), train_state.pt (for --resume), train_config.json,
-losses.csv and loss_curve.png.
+train.log, tensorboard/ (with --tensorboard), losses.csv and loss_curve.png.
 """
 
 
@@ -118,10 +119,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "heads stay separate")
     parser.add_argument("--init", type=Path,
                         help="start from these weights: STM_weights.pth (--config paper) or a kmnrt checkpoint")
-    parser.add_argument("--resume", type=Path, help="continue from a train_state.pt of an earlier run")
+    parser.add_argument("--resume", type=Path, help="continue an earlier run from its train_state.pt (or its "
+                        "folder); give its options again (a warning names any that differ)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--force", action="store_true",
-                        help="start a new run in an --out that already holds one (its files are replaced)")
+                        help="start a new run in an --out that already holds one (the earlier run's files are "
+                        "removed first)")
     parser.add_argument("--checkpoint-every", type=int, default=500,
                         help="save weights and training state every N iterations (default: 500)")
     parser.add_argument("--average-from", type=int, metavar="ITERATION",
@@ -183,6 +186,10 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig (imported lazi
     from kmnrt.training.config import WeightAverageConfig, preset
     from kmnrt.training.loop import STATE_NAME
 
+    if args.out.exists() and not args.out.is_dir():
+        raise UserInputError(f"--out {args.out} is a file; give a folder for the run")
+    if args.resume is not None and args.resume.is_dir():
+        args.resume = args.resume / STATE_NAME  # a run's folder names its state
     config = preset(args.config, args.stage, args.out, iterations=args.iterations, batch=args.batch,
                     size=args.size, short_side=args.short_side, clip_frames=args.clip_frames, lr=args.lr,
                     memory_forget=args.memory_forget, seed=args.seed, data=args.data,
@@ -218,20 +225,28 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig (imported lazi
     if args.init is not None and args.resume is not None:
         raise UserInputError("--init and --resume exclude each other: a resumed run continues from its own weights")
     earlier = args.out / STATE_NAME
-    if args.resume is None and not args.force and earlier.is_file():
-        raise UserInputError(f"--out {args.out} already holds a training run; continue it with --resume {earlier}, "
-                             f"or pass --force to start a new one there (its weights are replaced)")
+    other_run = args.resume is not None and earlier.is_file() and earlier.resolve() != args.resume.resolve()
+    if (args.resume is None or other_run) and not args.force and earlier.is_file():
+        raise UserInputError(f"--out {args.out} already holds {'another' if other_run else 'a'} training run; "
+                             f"continue it with --resume {earlier}, or pass --force to start a new one there (its "
+                             f"files are replaced)")
     return dataclasses.replace(config, optim=optim, hide_and_seek=hide, synthetic=synthetic, skip=skip,
                                average=WeightAverageConfig(args.average_from, args.average_every))
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from kmnrt.training.loop import train
+    from kmnrt.training.loop import RUN_FILES, STATE_NAME, train
 
-    result = train(config_from_args(args))
+    config = config_from_args(args)
+    resuming_here = args.resume is not None and args.resume.resolve() == (args.out / STATE_NAME).resolve()
+    if args.force and not resuming_here:  # start over: nothing of the earlier run stays (averaged weights, logs)
+        for name in RUN_FILES:
+            path = args.out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    result = train(config)
     recent = result.losses[-50:]
-    print(f"trained {result.iterations} iterations in {result.seconds:.0f} s; mean loss of the last "
-          f"{len(recent)}: {sum(recent) / max(len(recent), 1):.4f}", file=sys.stderr)
+    print(f"trained iterations {result.start} to {result.iterations} in {result.seconds:.0f} s; mean loss of the "
+          f"last {len(recent)}: {sum(recent) / max(len(recent), 1):.4f}", file=sys.stderr)
     print(result.checkpoint)
     if result.averaged is not None:
         print(result.averaged)

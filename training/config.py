@@ -9,6 +9,7 @@ KMN paper's are not known (docs/kmn-model.md §11).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -146,13 +147,16 @@ class TrainConfig:
             raise UserInputError(f"--memory-forget must be a probability in [0, 1], got {self.memory_forget}")
         if self.short_side is not None and self.short_side < self.size:
             raise UserInputError(f"--short-side must be at least the crop size {self.size}, got {self.short_side}")
-        if not self.optim.lr > 0:
+        if not 0 < self.optim.lr < math.inf:
             raise UserInputError(f"--lr must be positive, got {self.optim.lr}")
+        if self.optim.grad_clip is not None and not 0 < self.optim.grad_clip < math.inf:
+            raise UserInputError(f"--grad-clip must be a positive gradient norm (0 would freeze the weights, a "
+                                 f"negative one climb the loss), got {self.optim.grad_clip}")
         if self.optim.warmup < 0:
             raise UserInputError(f"--warmup must be 0 or more iterations, got {self.optim.warmup}")
-        if not self.optim.read_loss_weight >= 0:
+        if not 0 <= self.optim.read_loss_weight < math.inf:
             raise UserInputError(f"--read-loss must be 0 or more, got {self.optim.read_loss_weight}")
-        if not self.optim.dice_loss_weight >= 0:
+        if not 0 <= self.optim.dice_loss_weight < math.inf:
             raise UserInputError(f"--dice-loss must be 0 or more, got {self.optim.dice_loss_weight}")
         if self.optim.train_sigma is not None and not self.optim.train_sigma > 0:
             raise UserInputError(f"--train-sigma must be positive (key-grid cells), got {self.optim.train_sigma}")

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from kmnrt.data.atomic import atomic_output
-from kmnrt.errors import CheckpointError, UserInputError
+from kmnrt.errors import CheckpointError, KmnrtWarning, UserInputError
 from kmnrt.model.checkpoint import load_state_into, read_checkpoint, save_checkpoint
 from kmnrt.model.config import get_config
 from kmnrt.model.kmn import KMN, build_model
@@ -42,6 +44,9 @@ CHECKPOINT_NAME = "model.safetensors"
 STATE_NAME = "train_state.pt"
 LOG_NAME = "train.log"
 TENSORBOARD_DIR = "tensorboard"
+# everything a run writes to its --out: what --force clears before a new run starts there
+RUN_FILES = (CHECKPOINT_NAME, AVERAGED_NAME, STATE_NAME, LOG_NAME, TENSORBOARD_DIR, "train_config.json",
+             "losses.csv", "loss_curve.png")
 
 
 @dataclass
@@ -52,17 +57,18 @@ class TrainResult:
     loss_curve: Path
     iterations: int      # the iteration count reached (the run's total)
     losses: list[float]  # one mean batch loss per iteration, from iteration 0 (resumed runs included)
+    start: int           # the iteration this invocation started from (0, or where --resume continued)
     seconds: float       # wall time of this invocation
 
 
-def tensorboard_writer(folder: Path):
+def summary_writer_class():
     """torch's SummaryWriter, which needs the tensorboard package: not a dependency of kmnrt, so asked for."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # torch raises it naming a missing module, which says nothing of --tensorboard
         raise UserInputError("--tensorboard needs the tensorboard package: pip install tensorboard (or "
                              "kmn-rt[tensorboard]), or train without --tensorboard") from None
-    return SummaryWriter(str(folder))
+    return SummaryWriter
 
 
 def resolve_device(name: str) -> torch.device:
@@ -194,13 +200,16 @@ def load_state(path: Path, config: TrainConfig) -> dict:
         raise UserInputError(f"--resume {path} does not exist; give the {STATE_NAME} of an earlier run")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for foreign or damaged files
-        raise UserInputError(f"--resume {path} is not a kmnrt training state: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # torch raises several types for foreign or damaged files, some without a message
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UserInputError(f"--resume {path} is not a kmnrt training state: {reason}") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise UserInputError(f"--resume {path} is not a kmnrt training state ({STATE_FORMAT})")
     if state["model_config"] != config.model or state["stage"] != config.stage:
+        hint = (f"; to start main training from its weights, pass --init {path.parent / CHECKPOINT_NAME} instead"
+                if state["stage"] == "pretrain" and config.stage == "main" else "")
         raise UserInputError(f"--resume {path} is a '{state['model_config']}' {state['stage']} run; pass "
-                             f"--config {state['model_config']} --stage {state['stage']}")
+                             f"--config {state['model_config']} --stage {state['stage']}{hint}")
     if state["iteration"] >= config.iterations:
         raise UserInputError(f"--resume {path} already reached iteration {state['iteration']}; ask for more "
                              f"with --iterations (now {config.iterations})")
@@ -214,13 +223,14 @@ def train(config: TrainConfig, progress: bool = True, bar_position: int | None =
 
     started = time.perf_counter()
     device = resolve_device(config.device)
-    events = tensorboard_writer(Path(config.out) / TENSORBOARD_DIR) if config.tensorboard else None  # fail early
+    writer_class = summary_writer_class() if config.tensorboard else None  # before anything is written
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     model = build_model(get_config(config.model), seed=config.seed)
     resumed = load_state(config.resume, config) if config.resume is not None else None
     if resumed is not None:
         config = dataclasses.replace(config, seed=int(resumed["seed"]))  # the same samples as the original run
+        warn_of_changed_options(config, Path(config.resume).parent / "train_config.json")
         load_state_into(model, resumed["model"], source=f"--resume {config.resume}")
     elif config.init is not None:
         initialise(model, config.init)
@@ -246,53 +256,102 @@ def train(config: TrainConfig, progress: bool = True, bar_position: int | None =
                                  f"{config.average.start}, and did not average: resume without --average-from, "
                                  f"or start the averaging later")
 
+    dataset = build_dataset(config)  # its errors come before anything is written to --out
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_output(out / "train_config.json") as tmp:
         tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    dataset = build_dataset(config)
     loader = DataLoader(dataset, batch_size=config.batch, sampler=range(start * config.batch, len(dataset)),
                         collate_fn=list, num_workers=config.workers)
     checkpoint, state_path, averaged = out / CHECKPOINT_NAME, out / STATE_NAME, out / AVERAGED_NAME
-    log = TrainLog(out / LOG_NAME, config, start, events)
+    log = TrainLog(out / LOG_NAME, config, start, writer_class(str(out / TENSORBOARD_DIR)) if writer_class else None)
     until = config.batchnorm_until
     set_train_mode(model, config.freeze_batchnorm and (until is None or start >= until))
     bar = tqdm(total=config.iterations, initial=start, desc=f"train {config.model} {config.stage} seed {config.seed}",
                unit="it", file=sys.stderr, dynamic_ncols=True, disable=not progress, position=bar_position)
-    for iteration, clips in enumerate(loader, start):
-        if iteration == until:  # after the checkpoint of iteration `until`, so a resume from it gets here too
-            used = recalibrate_batchnorm(model, recalibration_clips(dataset, iteration, config.batch), device,
-                                         config.optim)
-            set_train_mode(model, freeze_batchnorm=True)
-            log.note(f"it {iteration}: BatchNorm statistics recalibrated on {used} clips, frozen")
-        lr = learning_rate(config, iteration)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optim = config.optim
-        if optim.hard_pixel_ramp is not None:
-            optim = dataclasses.replace(optim, hard_pixel_fraction=hard_pixel_fraction(config, iteration))
-        losses.append(train_step(model, optimizer, clips, device, optim, scaler, tied))
-        recent = losses[-50:]
-        bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{lr:.2e}", refresh=False)
-        bar.update(1)
-        done = iteration + 1
-        if done % config.log_every == 0 or done == config.iterations:
-            log.write(done, losses, lr)
-        if average.wants(done):
-            average.add(model)
-        if done % config.checkpoint_every == 0 or done == config.iterations:
-            save_checkpoint(model, checkpoint)
-            if average.count:
-                save_checkpoint(model, averaged, state=average.mean(model))
-            save_state(state_path, model, optimizer, config, done, losses, scaler, average)
-    bar.close()
-    log.close()
+    saved = start if resumed is not None else None  # the iteration train_state.pt holds
+    try:
+        for iteration, clips in enumerate(loader, start):
+            if iteration == until:  # after the checkpoint of iteration `until`, so a resume from it gets here too
+                used = recalibrate_batchnorm(model, recalibration_clips(dataset, iteration, config.batch), device,
+                                             config.optim)
+                set_train_mode(model, freeze_batchnorm=True)
+                log.note(f"it {iteration}: BatchNorm statistics recalibrated on {used} clips, frozen")
+            lr = learning_rate(config, iteration)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optim = config.optim
+            if optim.hard_pixel_ramp is not None:
+                optim = dataclasses.replace(optim, hard_pixel_fraction=hard_pixel_fraction(config, iteration))
+            losses.append(train_step(model, optimizer, clips, device, optim, scaler, tied))
+            done = iteration + 1
+            if not math.isfinite(losses[-1]):  # diverged: stop before a checkpoint overwrites the last good one
+                raise UserInputError(f"the loss became {losses[-1]} at iteration {done}: training diverged "
+                                     f"({_last_saved(saved, state_path)}); lower --lr, or clip the gradients "
+                                     f"(--grad-clip 1)")
+            recent = losses[-50:]
+            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{lr:.2e}", refresh=False)
+            bar.update(1)
+            if done % config.log_every == 0 or done == config.iterations:
+                log.write(done, losses, lr)
+            if average.wants(done):
+                average.add(model)
+            if done % config.checkpoint_every == 0 or done == config.iterations:
+                save_checkpoint(model, checkpoint)
+                if average.count:
+                    save_checkpoint(model, averaged, state=average.mean(model))
+                save_state(state_path, model, optimizer, config, done, losses, scaler, average)
+                saved = done
+    except KeyboardInterrupt:
+        bar.close()
+        print(_last_saved(saved, state_path), file=sys.stderr)
+        raise
+    finally:
+        bar.close()  # before any message, so that it does not land on the bar's line
+        log.close()
     model.eval()
     with atomic_output(out / "losses.csv") as tmp:
         tmp.write_text("iteration,loss\n" + "".join(f"{i},{v:.6f}\n" for i, v in enumerate(losses)))
     curve = plot_loss_curve(losses, out / "loss_curve.png", title=f"{config.model} {config.stage}")
     return TrainResult(checkpoint, averaged if average.count else None, state_path, curve, config.iterations,
-                       losses, time.perf_counter() - started)
+                       losses, start, time.perf_counter() - started)
+
+
+# where or how a run goes, not what it trains: free to differ on a resume
+_OPERATIONAL = {"out", "resume", "init", "seed", "device", "threads", "workers", "log_every", "checkpoint_every",
+                "tensorboard", "data"}
+
+
+def warn_of_changed_options(config: TrainConfig, recorded: Path) -> None:
+    """A resume continues with the options it is given: say which differ from the run's own (a forgotten
+    --iterations turns a short run into the preset's thousands, with the lr schedule stretched to them)."""
+    try:
+        before = _flat(json.loads(recorded.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return  # no record (a state file moved on its own): nothing to compare with
+    now = _flat(config.to_dict())
+    changed = [f"{key} {now[key]} (the run: {before[key]})" for key in now
+               if key in before and before[key] != now[key] and key.split(".")[0] not in _OPERATIONAL]
+    if changed:
+        warnings.warn(f"--resume continues with options that differ from the run's ({recorded}): "
+                      f"{', '.join(changed)}; give the run's options to continue it as it was", KmnrtWarning,
+                      stacklevel=2)
+
+
+def _flat(options: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in options.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _last_saved(iteration: int | None, state_path: Path) -> str:
+    if iteration is None:
+        return "no checkpoint was written yet"
+    return f"the last checkpoint, iteration {iteration}, is kept: continue with --resume {state_path}"
 
 
 class TrainLog:

@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from kmnrt.errors import UserInputError
 from kmnrt.evaluation.results import EvaluationResult
 from kmnrt.model.kmn import KMN
 from kmnrt.model.reference import TrackerConfig
@@ -36,9 +37,12 @@ def track_and_score(model: KMN, data: str | os.PathLike[str], predictions: str |
         folder.mkdir(parents=True, exist_ok=True)
         frames = (frame for _, frame in source)
         results = runner.track(frames, first_mask)
-        for name, result in tqdm(zip(source.names, results), total=len(source), desc=sequence.name,
-                                 unit="frame", file=sys.stderr, disable=not progress):
-            write_label_png(folder / f"{name}.png", result.labels)
+        try:
+            for name, result in tqdm(zip(source.names, results), total=len(source), desc=sequence.name,
+                                     unit="frame", file=sys.stderr, disable=not progress):
+                write_label_png(folder / f"{name}.png", result.labels)
+        except UserInputError as error:  # "first mask: ..." alone does not say which of the sequences
+            raise UserInputError(f"sequence {sequence.name}: {error}") from None
     return evaluate_folders(data, predictions, progress=False)
 
 

@@ -71,7 +71,9 @@ def read_mask_loss(memory_key: Tensor, memory_masks: Tensor, query_key: Tensor, 
     keys get almost no gradient through the decoder, the attention stays flat and the model learns to segment
     every textured shape in the query frame instead of the memorised ones (docs/default-model.md)."""
     read = stm_read(memory_key, memory_masks, query_key)  # [N, 1, h, w]
-    return F.binary_cross_entropy(read.float().clamp(1e-6, 1 - 1e-6), target.float())
+    # nan_to_num: a diverged run is reported by the loop's non-finite loss check, not by binary_cross_entropy's
+    # "all elements of input should be between 0 and 1"
+    return F.binary_cross_entropy(read.float().nan_to_num(0.5).clamp(1e-6, 1 - 1e-6), target.float())
 
 
 def clip_loss(model: KMN, clip: Clip, device: torch.device, optim: OptimConfig = OptimConfig()) -> list[Tensor]:

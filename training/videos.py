@@ -158,8 +158,10 @@ def write_video_dataset(out: str | os.PathLike[str], videos: int, seed: int = 0,
         raise UserInputError(f"--videos must be at least 1, got {videos}")
     if out.exists():
         raise UserInputError(f"{out} already exists; remove it or choose another --out")
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    ancestor = next(p for p in out.absolute().parents if p.exists())
+    if not ancestor.is_dir():
+        raise UserInputError(f"--out {out}: {ancestor} is a file, not a folder")
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")  # this process's own: nothing of anyone else's
     try:
         for index in tqdm(range(videos), desc=f"generate {out.name}", unit="video", file=sys.stderr,
                           disable=not progress):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -160,7 +161,7 @@ def test_cli_pretrain_then_main_on_generated_videos(tmp_path, capsys):
                        str(tmp_path / "pre" / "model.safetensors"), "--out", str(tmp_path / "main")]) == 0
     printed = capsys.readouterr()
     assert printed.out.strip().splitlines()[-1] == str(tmp_path / "main" / "model.safetensors")
-    assert "trained 2 iterations" in printed.err
+    assert "trained iterations 0 to 2" in printed.err
     stored = json.loads((tmp_path / "main" / "train_config.json").read_text())
     assert stored["stage"] == "main" and stored["init"] == str(tmp_path / "pre" / "model.safetensors")
     assert stored["clip_frames"] == 5 and stored["optim"]["warmup"] == 0
@@ -174,6 +175,40 @@ def test_cli_pretrain_then_main_on_generated_videos(tmp_path, capsys):
     assert (tmp_path / "pre" / "model.safetensors").read_bytes() == weights
     assert kmnrt_main([*again, "--force", "--seed", "1"]) == 0
     assert (tmp_path / "pre" / "model.safetensors").read_bytes() != weights
+    # --force starts over: the earlier run's log is gone, not continued below the new header
+    assert (tmp_path / "pre" / "train.log").read_text().count("# tiny pretrain") == 1
+    # --resume into another run's folder would overwrite it: refused like a new run; a run's folder names its state
+    assert kmnrt_main([*again, "--resume", str(tmp_path / "main"), "--iterations", "3"]) == 2
+    assert "already holds another training run" in capsys.readouterr().err
+    assert kmnrt_main(["train", "--stage", "main", *common[:-4], "--iterations", "3", "--threads", "1", "--data",
+                       str(videos), "--clip-frames", "5", "--resume", str(tmp_path / "main"), "--out",
+                       str(tmp_path / "main")]) == 0
+    assert "trained iterations 2 to 3" in capsys.readouterr().err
+
+
+def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, capsys):
+    """NaN from a far too large step: the run stops at once with the iteration, instead of overwriting the last
+    good checkpoint with NaN weights and ending as if it had succeeded; a resume warns of changed options."""
+    out = tmp_path / "run"
+    common = ["train", "--config", "tiny", "--size", "64", "--batch", "2", "--threads", "1", "--hide-grid", "4",
+              "--checkpoint-every", "1", "--out", str(out)]
+    assert kmnrt_main([*common, "--iterations", "1"]) == 0
+    good = (out / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert kmnrt_main([*common, "--iterations", "6", "--lr", "1e5", "--constant-lr", "--read-loss", "1",
+                       "--resume", str(out)]) == 2
+    printed = capsys.readouterr().err
+    assert re.search(r"warning: --resume continues with options that differ from the run's .*: iterations 6 "
+                     r"\(the run: 1\), optim.lr 100000.0 \(the run: 0.001\)", printed), printed
+    error = printed.strip().splitlines()[-1]
+    assert re.match(r"error: the loss became nan at iteration \d: training diverged \(the last checkpoint, "
+                    r"iteration \d, is kept: continue with --resume .*\); lower --lr", error), error
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert (out / "model.safetensors").read_bytes() == good or state["iteration"] > 1
+    for bad in ("-1", "0", "nan"):
+        assert kmnrt_main([*common, "--iterations", "2", "--grad-clip", bad, "--force"]) == 2
+        assert "--grad-clip must be a positive gradient norm" in capsys.readouterr().err
 
 
 def test_cli_trains_past_damaged_frames_and_says_which(tmp_path, capsys):
@@ -188,7 +223,7 @@ def test_cli_trains_past_damaged_frames_and_says_which(tmp_path, capsys):
                        "4", "--threads", "1", "--data", str(videos), "--out", str(tmp_path / "run")]) == 0
     error = capsys.readouterr().err
     assert f"warning: training goes on without this file: cannot decode image {damaged}" in error
-    assert "trained 4 iterations" in error and "Traceback" not in error
+    assert "trained iterations 0 to 4" in error and "Traceback" not in error
 
 
 @pytest.mark.parametrize("argv, message", [

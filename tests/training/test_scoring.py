@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from kmnrt.errors import UserInputError
 from kmnrt.training.scoring import main
 from kmnrt.training.videos import VideoConfig, write_video_dataset
 
@@ -21,3 +24,15 @@ def test_scores_the_embedded_default_model_unless_told_otherwise(tmp_path, capsy
     # the embedded weights track the two objects (0.98 when written); seeded random weights do not (0.03)
     assert trained["global"]["J&F-Mean"] > 0.9 and untrained["global"]["J&F-Mean"] < 0.2
     assert trained["sequences"] == ["synthetic-0000"] and len(trained["per_object"]) == 2
+
+
+def test_a_bad_sequence_is_named(tmp_path):
+    """Scoring a tree whose second sequence has a mask of another size than its frames names that sequence."""
+    import cv2
+
+    data = write_video_dataset(tmp_path / "videos", videos=2, seed=12, config=VideoConfig(frames=4), progress=False)
+    mask = data / "Annotations" / "synthetic-0001" / "00000.png"
+    small = cv2.imread(str(mask), cv2.IMREAD_UNCHANGED)[::2, ::2]
+    cv2.imwrite(str(mask), small)
+    with pytest.raises(UserInputError, match="^sequence synthetic-0001: first mask: mask size 128x72 differs"):
+        main(["--config", "tiny", "--data", str(data), "--out", str(tmp_path / "scores")])

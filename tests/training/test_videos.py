@@ -54,7 +54,14 @@ def test_written_tree_reads_as_davis_and_scores_perfectly_against_itself(tmp_pat
     assert result.global_scores.as_dict()["J&F-Mean"] == pytest.approx(1.0)
     with pytest.raises(UserInputError, match="already exists"):
         write_video_dataset(root, videos=1, config=SMALL, progress=False)
-    assert not list(tmp_path.glob(".*tmp"))
+    assert not list(tmp_path.glob(".gen.*"))
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(UserInputError, match=r"--out .*file/deeper/gen: .*file is a file, not a folder"):
+        write_video_dataset(tmp_path / "file" / "deeper" / "gen", videos=1, config=SMALL, progress=False)
+    mine = tmp_path / ".other.tmp"  # a folder of the user's named like the old fixed scratch name: left alone
+    mine.mkdir()
+    write_video_dataset(tmp_path / "other", videos=1, config=SMALL, progress=False)
+    assert mine.is_dir()
 
 
 @pytest.mark.parametrize("argv, message", [
