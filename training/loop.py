@@ -334,8 +334,8 @@ def warn_of_changed_options(config: TrainConfig, recorded: Path) -> None:
                if key in before and before[key] != now[key] and key.split(".")[0] not in _OPERATIONAL]
     if changed:
         warnings.warn(f"--resume continues with options that differ from the run's ({recorded}): "
-                      f"{', '.join(changed)}; give the run's options to continue it as it was", KmnrtWarning,
-                      stacklevel=2)
+                      f"{', '.join(changed)}; it goes on with them (the lr schedule follows --iterations), so give "
+                      f"the run's own unless the change is meant", KmnrtWarning, stacklevel=2)
 
 
 def _flat(options: dict, prefix: str = "") -> dict:
