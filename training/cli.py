@@ -240,9 +240,11 @@ def run_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     resuming_here = args.resume is not None and args.resume.resolve() == (args.out / STATE_NAME).resolve()
     if args.force and not resuming_here:  # start over: nothing of the earlier run stays (averaged weights, logs)
-        for name in RUN_FILES:
-            path = args.out / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        for path in (args.out / name for name in RUN_FILES):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
     result = train(config)
     recent = result.losses[-50:]
     print(f"trained iterations {result.start} to {result.iterations} in {result.seconds:.0f} s; mean loss of the "
