@@ -20,20 +20,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kmnrt.errors import KmnrtWarning, UserInputError, VerificationError
+from kmnrt.export.manifest import ENGINES, PRECISIONS
 from kmnrt.export.placement import move_into_place, not_a_bundle, remove_abandoned_staging
-from kmnrt.model.config import ReadConfig, get_config
+from kmnrt.model.config import MAX_SIDE, ReadConfig, get_config
 from kmnrt.versions import package_versions
 
 if TYPE_CHECKING:
     from kmnrt.model.kmn import KMN
 
-PRECISIONS = ("fp32", "fp16")
-ENGINES = ("onnx", "tensorrt")
 WEIGHTS = "weights.safetensors"
 REPORT = "report.json"
 RANDOM_SEED = 0
 DEFAULT_HEIGHT = 480
-MAX_SIDE = 8192  # per side; above any video format in use (4K is 2160x3840)
 
 
 @dataclass(frozen=True)

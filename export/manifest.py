@@ -17,6 +17,8 @@ from kmnrt.errors import BundleError
 from kmnrt.model.config import ModelConfig, ReadConfig
 
 FORMAT = "kmnrt-bundle-v1"
+PRECISIONS = ("fp32", "fp16")
+ENGINES = ("onnx", "tensorrt")
 MANIFEST = "manifest.json"
 
 
@@ -140,10 +142,10 @@ def manifest_problems(manifest: Manifest) -> list[str]:
         value = getattr(manifest, name)
         if type(value) is not int or value < least:
             problems.append(f"{name} {value!r} is not a whole number of at least {least}")
-    if manifest.precision not in ("fp32", "fp16"):
-        problems.append(f"precision {manifest.precision!r} is neither fp32 nor fp16")
-    if manifest.engine not in ("onnx", "tensorrt"):
-        problems.append(f"engine {manifest.engine!r} is neither onnx nor tensorrt")
+    if manifest.precision not in PRECISIONS:
+        problems.append(f"precision {manifest.precision!r} is neither {' nor '.join(PRECISIONS)}")
+    if manifest.engine not in ENGINES:
+        problems.append(f"engine {manifest.engine!r} is neither {' nor '.join(ENGINES)}")
     try:
         config = manifest.model_config
         manifest.read_config

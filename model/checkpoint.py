@@ -19,11 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from kmnrt.errors import CheckpointError, UserInputError
-from kmnrt.model.config import CONFIGS, ModelConfig, ReadConfig
+from kmnrt.model.config import CONFIGS, MAX_SIDE, ModelConfig, ReadConfig
 from kmnrt.model.kmn import KMN, build_model
 
 FORMAT = "kmnrt-checkpoint-v1"
-MAX_SHORT_SIDE = 8192  # above any video format in use; a typo beyond it would ask for hundreds of GB
 
 # STM name -> ours, applied to the first component after "module." and to the KeyValue convs.
 STM_MODULES = {
@@ -215,9 +214,9 @@ def recommended_short_side(checkpoint: str | os.PathLike) -> int | None:
 def choose_short_side(given: int | None, checkpoint: str | os.PathLike | None) -> int | None:
     """The short side to track at: what the user set (0 = the frames' own size), else the checkpoint's."""
     if given is not None:
-        if given != 0 and not 16 <= given <= MAX_SHORT_SIDE:
+        if given != 0 and not 16 <= given <= MAX_SIDE:
             raise UserInputError(f"--short-side must be 0 (the frames' own size) or between 16 and "
-                                 f"{MAX_SHORT_SIDE} pixels, got {given}")
+                                 f"{MAX_SIDE} pixels, got {given}")
         return given or None
     return recommended_short_side(checkpoint) if checkpoint is not None else None
 

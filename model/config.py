@@ -11,6 +11,10 @@ from typing import Literal
 
 from kmnrt.errors import UserInputError
 
+# The largest network input side, per side: above any video format in use (4K is 2160x3840); a typo beyond it
+# would ask for hundreds of GB.
+MAX_SIDE = 8192
+
 ReadKind = Literal["kmn", "stm"]
 
 
