@@ -11,8 +11,8 @@ Steps, each skipped when its output already exists (a stage cut off part-way is 
 2. for each of ``SEEDS``, in its own process (``--parallel`` at a time, ``--threads`` each) under
    ``--out/seed-<n>/``: ``kmnrt train --stage pretrain`` (only with ``--pretrain-iterations`` > 0; the shipped
    model has none), then ``kmnrt train --stage main`` on the training videos from random weights with the
-   from-scratch measures (``--tied-training --calibrated-init --read-loss 1 --grad-clip 1``, see
-   docs/training.md), then the KMN read's sigma and the short side to track at chosen on the validation videos:
+   from-scratch measures (``--tied-training --calibrated-init --read-loss 1 --grad-clip 1`` and BatchNorm
+   trained until ``BATCHNORM_UNTIL``, see docs/training.md), then the KMN read's sigma and the short side to track at chosen on the validation videos:
    the J&F of each pair of ``SIGMAS`` x :func:`track_short_sides`, best kept;
 3. keep the seed with the best validation J&F (two seeds of one recipe differ by more than most recipe changes);
 4. track the held-out videos (and the real sequences of ``--real``, when given) with the reference tracker at
@@ -39,10 +39,10 @@ from pathlib import Path
 from kmnrt.training.config import TrainConfig, preset
 
 MODEL = "small"          # model/config.py: widths 16/32/64, key 32, value 64, decoder 32 (415 k parameters)
-CROP = 160               # training crops of 160x160 ...
-SHORT_SIDE = 216         # ... out of frames resized to a short side of 216-281 (1.5-1.95x the 144 of the videos)
+CROP = 224               # training crops of 224x224 (all of a frame's short side: more context per clip) ...
+SHORT_SIDE = 224         # ... out of frames resized to a short side of 224-291 (1.6-2x the 144 of the videos)
 PRETRAIN_ITERATIONS = 0  # 0: no pre-training stage (1000 or 3000 in front of main scored lower: the model card)
-MAIN_ITERATIONS = 15000  # one thread at about 5 iterations/s on this machine: 51 min
+MAIN_ITERATIONS = 15000  # one thread at about 0.26 s/iteration on this machine: about 65 min
 PRETRAIN_LR = 1e-3
 PRETRAIN_WARMUP = 200    # without a warm-up, Adam's first step saturated seed 2's pre-training output for good
 MAIN_LR = 1e-3
@@ -50,8 +50,8 @@ READ_LOSS = 1.0          # weight of the auxiliary attention loss (kmnrt.trainin
 GRAD_CLIP = 1.0          # global gradient norm; without it a run from random weights can blow up in its first steps
 HARD_PIXELS = 0.25       # bootstrapped cross-entropy over the hardest quarter of the pixels (small objects, edges)
 MEMORY_FORGET = 0.0      # chance a block of an object is forgotten in the memorised prediction (docs/training.md)
-BATCHNORM_UNTIL = None   # frozen BatchNorm throughout; N: per-frame statistics until N, then recalibrated (the card)
-BATCH = 4
+BATCHNORM_UNTIL = 5000   # per-frame BatchNorm statistics until then, then recalibrated and frozen (the card)
+BATCH = 2                # two 224 crops hold about the pixels of four 160 crops: larger clips, not more
 # Seeds trained side by side, one process and one thread each on this machine's two cores; validation keeps
 # one. Four seeds of the recipe spanned 0.74-0.83 J&F on validation and 0.68-0.82 held-out: more than any recipe
 # change measured (docs/default-model.md).
@@ -275,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"prediction (kmnrt train --memory-forget; default: {MEMORY_FORGET:g})")
     parser.add_argument("--train-batchnorm-until", type=int, default=BATCHNORM_UNTIL, metavar="N",
                         help="main training: per-frame BatchNorm statistics for the first N iterations, then "
-                        "recalibrated and frozen (kmnrt train --train-batchnorm-until; default: frozen throughout)")
+                        "recalibrated and frozen (kmnrt train --train-batchnorm-until; default: "
+                        f"{BATCHNORM_UNTIL}; 0: frozen throughout)")
     parser.add_argument("--videos", type=Path, help="use this folder's videos-train/, videos-validation/ and "
                         "videos-heldout/ instead of generating them under --out")
     args = parser.parse_args(argv)
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         check_install_target(args.install, args.config)  # before the hour of training, not after
     recipe = Recipe(model=args.config, crop=args.size, short_side=args.short_side or None, batch=args.batch,
                     main_iterations=args.iterations, pretrain_iterations=args.pretrain_iterations,
-                    memory_forget=args.memory_forget, batchnorm_until=args.train_batchnorm_until,
+                    memory_forget=args.memory_forget, batchnorm_until=args.train_batchnorm_until or None,
                     threads=args.threads, device=args.device)
     stage_configs(recipe, args.out)  # the options checked (one-line errors) before any video is generated
     started = time.perf_counter()

@@ -83,6 +83,8 @@ def test_recipe_main_stage_is_the_documented_kmnrt_train_command(tmp_path):
 
     from kmnrt.training.cli import config_from_args, register
     from kmnrt.training.default_model import (
+        BATCH,
+        BATCHNORM_UNTIL,
         CROP,
         MAIN_ITERATIONS,
         MEMORY_FORGET,
@@ -96,26 +98,29 @@ def test_recipe_main_stage_is_the_documented_kmnrt_train_command(tmp_path):
     register(parser.add_subparsers())
     (tmp_path / "videos-train").mkdir()
     command = ["train", "--config", MODEL, "--stage", "main", "--size", str(CROP), "--short-side", str(SHORT_SIDE),
-               "--batch", "4", "--iterations",
-               str(MAIN_ITERATIONS), "--lr", "1e-3", "--grad-clip", "1", "--tied-training", "--calibrated-init",
+               "--batch", str(BATCH), "--iterations", str(MAIN_ITERATIONS), "--lr", "1e-3", "--grad-clip", "1",
+               "--tied-training", "--calibrated-init",
                "--read-loss", "1", "--hard-pixels", "0.25", "--memory-forget", str(MEMORY_FORGET),
                "--data", str(tmp_path / "videos-train"), "--threads", "1",
                "--checkpoint-every", "100", "--log-every", "25", "--seed", "2", "--out", str(tmp_path / "main")]
     assert 2 in SEEDS
+    assert (CROP, SHORT_SIDE, BATCH, BATCHNORM_UNTIL) == (224, 224, 2, 5000)  # the card's recipe
+    documented = [*command, "--train-batchnorm-until", str(BATCHNORM_UNTIL)]
     _, main = stage_configs(Recipe(), tmp_path, seed=2)
+    assert config_from_args(parser.parse_args(documented)) == main
+    # and a recipe option passes through as the same kmnrt train option (0: frozen, train's default)
+    _, main = stage_configs(Recipe(batchnorm_until=None), tmp_path, seed=2)
     assert config_from_args(parser.parse_args(command)) == main
-    # and a recipe option passes through as the same kmnrt train option
-    _, main = stage_configs(Recipe(batchnorm_until=5000), tmp_path, seed=2)
-    assert config_from_args(parser.parse_args([*command, "--train-batchnorm-until", "5000"])) == main
-    _, main = stage_configs(Recipe(crop=224, short_side=224, batch=2), tmp_path, seed=2)
-    assert config_from_args(parser.parse_args([*command, "--size", "224", "--short-side", "224", "--batch", "2"])) \
+    _, main = stage_configs(Recipe(crop=160, short_side=216, batch=4), tmp_path, seed=2)
+    assert config_from_args(parser.parse_args([*documented, "--size", "160", "--short-side", "216", "--batch", "4"])) \
         == main
 
 
 def test_recipe_tracks_at_the_multiples_of_16_in_the_training_scale_range():
     from kmnrt.training.default_model import track_short_sides
 
-    assert track_short_sides(216) == (224, 240, 256, 272)  # training saw short sides 216-280
+    assert track_short_sides(224) == (224, 240, 256, 272, 288)  # training saw short sides 224-291
+    assert track_short_sides(216) == (224, 240, 256, 272)  # 216-280
     assert track_short_sides(288) == (288, 304, 320, 336, 352, 368)
     assert track_short_sides(None) == (None,)  # trained at the crop's scale: frames at their own size
 
@@ -138,7 +143,8 @@ def test_recipe_trains_seeds_side_by_side_and_keeps_the_best_on_validation(tmp_p
 
     videos = _tiny_video_folders(tmp_path / "videos")
     argv = ["--out", str(tmp_path / "side-by-side"), "--videos", str(videos), "--config", "tiny", "--size", "64",
-            "--short-side", "0", "--iterations", "3", "--seeds", "4", "5", "--parallel", "2"]
+            "--short-side", "0", "--iterations", "3", "--train-batchnorm-until", "2", "--seeds", "4", "5",
+            "--parallel", "2"]
     assert main(argv) == 0
     summary = json.loads((tmp_path / "side-by-side" / "summary.json").read_text())
     assert set(summary["seeds"]) == {"4", "5"}
@@ -150,7 +156,7 @@ def test_recipe_trains_seeds_side_by_side_and_keeps_the_best_on_validation(tmp_p
     (tmp_path / "alone").mkdir()
     for name in ("videos-train", "videos-validation"):
         (tmp_path / "alone" / name).symlink_to(videos / name)
-    alone = train_and_choose(Recipe("tiny", 64, None, 3, 0), tmp_path / "alone", seed=5)
+    alone = train_and_choose(Recipe("tiny", 64, None, 3, 0, batchnorm_until=2), tmp_path / "alone", seed=5)
     together = load_file(tmp_path / "side-by-side" / "seed-5" / "main" / "model.safetensors")
     assert all(torch.equal(tensor, together[name]) for name, tensor in load_file(alone.checkpoint).items())
     assert round(alone.validation, 4) == summary["seeds"]["5"]["validation"]
@@ -185,5 +191,5 @@ def test_recipe_checks_its_training_options_before_generating_any_video(tmp_path
     from kmnrt.training.default_model import main
 
     with pytest.raises(UserInputError, match="--train-batchnorm-until"):
-        main(["--out", str(tmp_path / "out"), "--train-batchnorm-until", "0"])
+        main(["--out", str(tmp_path / "out"), "--train-batchnorm-until", "-1"])
     assert not (tmp_path / "out").exists()
