@@ -222,6 +222,7 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig (imported lazi
         skip = dataclasses.replace(skip, end=args.max_skip)
     if args.data is not None and not args.data.is_dir():
         raise UserInputError(f"--data {args.data} is not a folder")
+    check_stage_options(args)
     if args.init is not None and args.resume is not None:
         raise UserInputError("--init and --resume exclude each other: a resumed run continues from its own weights")
     earlier = args.out / STATE_NAME
@@ -232,6 +233,30 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig (imported lazi
                              f"files are replaced)")
     return dataclasses.replace(config, optim=optim, hide_and_seek=hide, synthetic=synthetic, skip=skip,
                                average=WeightAverageConfig(args.average_from, args.average_every))
+
+
+# Options that shape one stage's clips only, with what they act on: given to the other stage they would be recorded
+# in train_config.json and change nothing, so they are refused instead.
+STAGE_OPTIONS = {
+    "main": {"short_side": "the resizing of video frames", "max_skip": "the max_skip curriculum",
+             "skip_every": "the max_skip curriculum"},
+    "pretrain": {"hide_grid": "Hide-and-Seek", "no_hide_and_seek": "Hide-and-Seek",
+                 "motion_fraction": "the procedural images"},
+}
+
+
+def check_stage_options(args: argparse.Namespace) -> None:
+    from kmnrt.errors import UserInputError
+
+    for stage, options in STAGE_OPTIONS.items():
+        for name, acts_on in options.items():
+            if stage != args.stage and getattr(args, name) not in (None, False):
+                flag = "--" + name.replace("_", "-")
+                raise UserInputError(f"{flag} sets {acts_on} of --stage {stage}, not of this --stage {args.stage} "
+                                     f"run: drop it")
+    if args.stage == "pretrain" and args.data is not None and args.motion_fraction is not None:
+        raise UserInputError("--motion-fraction sets the procedural images, and --data gives images of your own: "
+                             "drop one of them")
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -50,6 +50,10 @@ def find_image_pairs(root: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
     pairs = [(path, masks[path.stem]) for path in sorted(images_dir.iterdir())
              if path.suffix.lower() in (".jpg", ".jpeg", ".png") and path.stem in masks]
     if not pairs:
+        if any(path.is_dir() for path in images_dir.iterdir()):
+            raise UserInputError(f"{images_dir} holds folders, as a video tree does (JPEGImages/<sequence>/); "
+                                 "pre-training takes images (JPEGImages/<name>.jpg with Annotations/<name>.png): "
+                                 "train on videos with --stage main")
         raise UserInputError(f"no image in {images_dir} has a mask of the same name in {masks_dir}")
     return pairs
 

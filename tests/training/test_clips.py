@@ -124,7 +124,8 @@ def test_max_skip_option_ends_the_curriculum_early_even_off_the_step(tmp_path):
     """--max-skip 10: levels 0, 5, 10 over thirds of the stage; an end that is not a multiple of 5 is still
     reached (0, 5, 7), and --max-skip 0 trains on consecutive frames throughout."""
     def levels(max_skip: str) -> list[int]:
-        args = ["train", "--iterations", "900", "--max-skip", max_skip, "--out", str(tmp_path)]
+        args = ["train", "--stage", "main", "--data", str(tmp_path), "--iterations", "900", "--max-skip", max_skip,
+                "--out", str(tmp_path / "run")]
         config = config_from_args(build_parser().parse_args(args))
         return [max_skip_at(i, config.skip, config.iterations) for i in (0, 299, 300, 599, 600, 899)]
 

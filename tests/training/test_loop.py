@@ -239,8 +239,41 @@ def test_cli_trains_past_damaged_frames_and_says_which(tmp_path, capsys):
     (["--hard-pixels-ramp", "5"], "--hard-pixels-ramp 5: give two iterations START,END"),
     (["--hard-pixels-ramp", "0,5"], "--hard-pixels-ramp must be two iterations START,END with 0 <= START < END <= 1"),
     (["--data", "/nonexistent/kmnrt"], "is not a folder"),
+    (["--max-skip", "10"], "--max-skip sets the max_skip curriculum of --stage main, not of this --stage pretrain"),
+    (["--short-side", "200"], "--short-side sets the resizing of video frames of --stage main"),
 ])
 def test_cli_user_errors_are_one_line(tmp_path, capsys, argv, message):
     assert kmnrt_main(["train", "--iterations", "1", "--out", str(tmp_path / "run"), *argv]) != 0
     error = capsys.readouterr().err
     assert error.startswith("error: ") and message in error and "Traceback" not in error
+
+
+def test_cli_refuses_options_of_the_other_stage_and_says_which(tmp_path, capsys):
+    """An option that shapes the other stage's clips would be recorded in train_config.json and change nothing."""
+    from kmnrt.training.videos import VideoConfig, write_video_dataset
+
+    videos = write_video_dataset(tmp_path / "videos", videos=1, seed=3, config=VideoConfig(64, 96, frames=4),
+                                 progress=False)
+    cases = [
+        (["--stage", "main", "--data", str(videos), "--hide-grid", "8"],
+         "--hide-grid sets Hide-and-Seek of --stage pretrain, not of this --stage main run: drop it"),
+        (["--stage", "main", "--data", str(videos), "--no-hide-and-seek"], "--no-hide-and-seek sets Hide-and-Seek"),
+        (["--stage", "pretrain", "--data", str(videos), "--motion-fraction", "0.2"],
+         "--motion-fraction sets the procedural images, and --data gives images of your own"),
+    ]
+    for argv, message in cases:
+        assert kmnrt_main(["train", "--iterations", "2", "--out", str(tmp_path / "run"), *argv]) != 0
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and message in error and "Traceback" not in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_pretraining_on_a_video_tree_says_to_use_the_main_stage(tmp_path, capsys):
+    from kmnrt.training.videos import VideoConfig, write_video_dataset
+
+    videos = write_video_dataset(tmp_path / "videos", videos=1, seed=3, config=VideoConfig(64, 96, frames=4),
+                                 progress=False)
+    argv = ["train", "--stage", "pretrain", "--data", str(videos), "--iterations", "2", "--out", str(tmp_path / "r")]
+    assert kmnrt_main(argv) != 0
+    error = capsys.readouterr().err
+    assert "holds folders, as a video tree does" in error and "--stage main" in error and "Traceback" not in error
