@@ -261,8 +261,10 @@ def check_stage_options(args: argparse.Namespace) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from kmnrt.training.loop import RUN_FILES, STATE_NAME, train
+    from kmnrt.training.run_lock import refuse_if_in_use
 
     config = config_from_args(args)
+    refuse_if_in_use(args.out)  # before --force deletes anything of a run that is still writing there
     resuming_here = args.resume is not None and args.resume.resolve() == (args.out / STATE_NAME).resolve()
     if args.force and not resuming_here:  # start over: nothing of the earlier run stays (averaged weights, logs)
         for path in (args.out / name for name in RUN_FILES):

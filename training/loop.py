@@ -37,6 +37,7 @@ from kmnrt.training.batchnorm import recalibrate_batchnorm, recalibration_clips
 from kmnrt.training.config import TrainConfig
 from kmnrt.training.datasets import StaticClips, VideoClips, find_image_pairs, find_video_sequences
 from kmnrt.training.plots import plot_loss_curve
+from kmnrt.training.run_lock import hold
 from kmnrt.training.step import set_train_mode, train_step
 
 STATE_FORMAT = "kmnrt-train-state-v1"
@@ -259,62 +260,65 @@ def train(config: TrainConfig, progress: bool = True, bar_position: int | None =
     dataset = build_dataset(config)  # its errors come before anything is written to --out
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out / "train_config.json") as tmp:
-        tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    loader = DataLoader(dataset, batch_size=config.batch, sampler=range(start * config.batch, len(dataset)),
-                        collate_fn=list, num_workers=config.workers)
-    checkpoint, state_path, averaged = out / CHECKPOINT_NAME, out / STATE_NAME, out / AVERAGED_NAME
-    log = TrainLog(out / LOG_NAME, config, start, writer_class(str(out / TENSORBOARD_DIR)) if writer_class else None)
-    until = config.batchnorm_until
-    set_train_mode(model, config.freeze_batchnorm and (until is None or start >= until))
-    bar = tqdm(total=config.iterations, initial=start, desc=f"train {config.model} {config.stage} seed {config.seed}",
-               unit="it", file=sys.stderr, dynamic_ncols=True, disable=not progress, position=bar_position)
-    saved = start if resumed is not None else None  # the iteration train_state.pt holds
-    try:
-        for iteration, clips in enumerate(loader, start):
-            if iteration == until:  # after the checkpoint of iteration `until`, so a resume from it gets here too
-                used = recalibrate_batchnorm(model, recalibration_clips(dataset, iteration, config.batch), device,
-                                             config.optim)
-                set_train_mode(model, freeze_batchnorm=True)
-                log.note(f"it {iteration}: BatchNorm statistics recalibrated on {used} clips, frozen")
-            lr = learning_rate(config, iteration)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optim = config.optim
-            if optim.hard_pixel_ramp is not None:
-                optim = dataclasses.replace(optim, hard_pixel_fraction=hard_pixel_fraction(config, iteration))
-            losses.append(train_step(model, optimizer, clips, device, optim, scaler, tied))
-            done = iteration + 1
-            if not math.isfinite(losses[-1]):  # diverged: stop before a checkpoint overwrites the last good one
-                raise UserInputError(f"the loss became {losses[-1]} at iteration {done}: training diverged "
-                                     f"({_last_saved(saved, state_path)}); lower --lr, or clip the gradients "
-                                     f"(--grad-clip 1)")
-            recent = losses[-50:]
-            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{lr:.2e}", refresh=False)
-            bar.update(1)
-            if done % config.log_every == 0 or done == config.iterations:
-                log.write(done, losses, lr)
-            if average.wants(done):
-                average.add(model)
-            if done % config.checkpoint_every == 0 or done == config.iterations:
-                save_checkpoint(model, checkpoint)
-                if average.count:
-                    save_checkpoint(model, averaged, state=average.mean(model))
-                save_state(state_path, model, optimizer, config, done, losses, scaler, average)
-                saved = done
-    except KeyboardInterrupt:
-        bar.close()
-        print(_last_saved(saved, state_path), file=sys.stderr)
-        raise
-    finally:
-        bar.close()  # before any message, so that it does not land on the bar's line
-        log.close()
-    model.eval()
-    with atomic_output(out / "losses.csv") as tmp:
-        tmp.write_text("iteration,loss\n" + "".join(f"{i},{v:.6f}\n" for i, v in enumerate(losses)))
-    curve = plot_loss_curve(losses, out / "loss_curve.png", title=f"{config.model} {config.stage}")
-    return TrainResult(checkpoint, averaged if average.count else None, state_path, curve, config.iterations,
-                       losses, start, time.perf_counter() - started)
+    with hold(out):  # one run per folder: another one writing here would interleave our files
+        with atomic_output(out / "train_config.json") as tmp:
+            tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        loader = DataLoader(dataset, batch_size=config.batch, sampler=range(start * config.batch, len(dataset)),
+                            collate_fn=list, num_workers=config.workers)
+        checkpoint, state_path, averaged = out / CHECKPOINT_NAME, out / STATE_NAME, out / AVERAGED_NAME
+        writer = writer_class(str(out / TENSORBOARD_DIR)) if writer_class else None
+        log = TrainLog(out / LOG_NAME, config, start, writer)
+        until = config.batchnorm_until
+        set_train_mode(model, config.freeze_batchnorm and (until is None or start >= until))
+        bar = tqdm(total=config.iterations, initial=start, unit="it", file=sys.stderr, dynamic_ncols=True,
+                   desc=f"train {config.model} {config.stage} seed {config.seed}", disable=not progress,
+                   position=bar_position)
+        saved = start if resumed is not None else None  # the iteration train_state.pt holds
+        try:
+            for iteration, clips in enumerate(loader, start):
+                if iteration == until:  # after the checkpoint of iteration `until`, so a resume from it gets here too
+                    used = recalibrate_batchnorm(model, recalibration_clips(dataset, iteration, config.batch), device,
+                                                 config.optim)
+                    set_train_mode(model, freeze_batchnorm=True)
+                    log.note(f"it {iteration}: BatchNorm statistics recalibrated on {used} clips, frozen")
+                lr = learning_rate(config, iteration)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optim = config.optim
+                if optim.hard_pixel_ramp is not None:
+                    optim = dataclasses.replace(optim, hard_pixel_fraction=hard_pixel_fraction(config, iteration))
+                losses.append(train_step(model, optimizer, clips, device, optim, scaler, tied))
+                done = iteration + 1
+                if not math.isfinite(losses[-1]):  # diverged: stop before a checkpoint overwrites the last good one
+                    raise UserInputError(f"the loss became {losses[-1]} at iteration {done}: training diverged "
+                                         f"({_last_saved(saved, state_path)}); lower --lr, or clip the gradients "
+                                         f"(--grad-clip 1)")
+                recent = losses[-50:]
+                bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{lr:.2e}", refresh=False)
+                bar.update(1)
+                if done % config.log_every == 0 or done == config.iterations:
+                    log.write(done, losses, lr)
+                if average.wants(done):
+                    average.add(model)
+                if done % config.checkpoint_every == 0 or done == config.iterations:
+                    save_checkpoint(model, checkpoint)
+                    if average.count:
+                        save_checkpoint(model, averaged, state=average.mean(model))
+                    save_state(state_path, model, optimizer, config, done, losses, scaler, average)
+                    saved = done
+        except KeyboardInterrupt:
+            bar.close()
+            print(_last_saved(saved, state_path), file=sys.stderr)
+            raise
+        finally:
+            bar.close()  # before any message, so that it does not land on the bar's line
+            log.close()
+        model.eval()
+        with atomic_output(out / "losses.csv") as tmp:
+            tmp.write_text("iteration,loss\n" + "".join(f"{i},{v:.6f}\n" for i, v in enumerate(losses)))
+        curve = plot_loss_curve(losses, out / "loss_curve.png", title=f"{config.model} {config.stage}")
+        return TrainResult(checkpoint, averaged if average.count else None, state_path, curve, config.iterations,
+                           losses, start, time.perf_counter() - started)
 
 
 # where or how a run goes, not what it trains: free to differ on a resume
