@@ -124,7 +124,7 @@ def run_bench(args: argparse.Namespace) -> int:
             print(f"wrote {path}")
         return 0
     from kmnrt.benchmarks.environment import device_name, gpu_info
-    from kmnrt.benchmarks.report import latency_table
+    from kmnrt.benchmarks.report import terminal_summary
     from kmnrt.benchmarks.suite import run_benchmark
     from kmnrt.data.atomic import atomic_output
 
@@ -148,9 +148,12 @@ def run_bench(args: argparse.Namespace) -> int:
                   f"{json_path}", file=sys.stderr)
         raise
     print(f"wrote {json_path}")
-    for path in write_report(document, markdown, plot):
+    written = write_report(document, markdown, plot)
+    for path in written:
         print(f"wrote {path}")
-    print(latency_table(document))
+    print(terminal_summary(document))
+    if markdown in written:
+        print(f"per-stage times, percentiles and the read's memory: {markdown}")
     return 0
 
 

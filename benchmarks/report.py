@@ -62,6 +62,24 @@ def latency_table(document: dict) -> str:
     return "\n".join(lines)
 
 
+def terminal_summary(document: dict) -> str:
+    """The latency results as aligned columns for a terminal: end to end, the read, and memory (the report's
+    15-column table wraps in any terminal; it stays in the Markdown)."""
+    rows = [("backend", "N", "T", "median ms", "p90 ms", "fps", "speed-up", "read ms", "peak MB")]
+    for r in sorted(document["results"], key=lambda r: (r["objects"], r["memory"], _backend_order(document, r))):
+        e2e, memory = r[END_TO_END], r.get("memory_bytes", {})
+        peak = memory.get("device_peak_allocated") if r["device"].startswith("cuda") else memory.get("peak_rss")
+        read = r["stages"].get("read")
+        rows.append((r["backend"], str(r["objects"]), str(r["memory"]), _ms(e2e["median_ms"]), _ms(e2e["p90_ms"]),
+                     f"{r['fps']:.1f}", _x((r.get("speedup") or {}).get(END_TO_END)),
+                     _ms(read["median_ms"] if read else None), _mb(peak)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(width) if i else cell.ljust(width) for i, (cell, width) in
+                       enumerate(zip(row, widths))).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
 def stage_speedup_table(document: dict) -> str:
     rows = [r for r in document["results"] if r.get("speedup") and r["backend"] != document["settings"]["baseline"]]
     if not rows:

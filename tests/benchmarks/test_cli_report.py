@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kmnrt.benchmarks.report import render_markdown, write_report
+from kmnrt.benchmarks.report import render_markdown, terminal_summary, write_report
 from kmnrt.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -39,6 +39,20 @@ def test_markdown_lists_every_result_and_the_tables(bench_document: dict) -> Non
     lengths = text.split("## Cost per frame along one video of 60 frames")[1].split("##")[0]
     assert len([line for line in lengths.splitlines() if line.startswith("| ") and "–" in line]) == 10
     assert bench_document["environment"]["cpu"] in text
+
+
+def test_terminal_summary_is_aligned_columns_of_every_result(bench_document: dict) -> None:
+    """What `kmnrt bench` prints: narrow enough not to wrap, one row per result, the JSON's numbers."""
+    lines = terminal_summary(bench_document).splitlines()
+    assert lines[0].split() == ["backend", "N", "T", "median", "ms", "p90", "ms", "fps", "speed-up", "read", "ms",
+                                "peak", "MB"]
+    assert set(lines[1]) == {"-", " "} and len(lines) == 2 + len(bench_document["results"])
+    assert max(len(line) for line in lines) <= 80 and not any("|" in line for line in lines)
+    result = next(r for r in bench_document["results"] if r["backend"] == "onnxruntime" and r["objects"] == 2
+                  and r["memory"] == 3)
+    row = next(line.split() for line in lines[2:] if line.split()[:3] == ["onnxruntime", "2", "3"])
+    median = result["end_to_end"]["median_ms"]
+    assert row[3] == (f"{median:.1f}" if median >= 10 else f"{median:.2f}") and row[6].endswith("×")
 
 
 def test_report_without_baseline_says_so(bench_document: dict, tmp_path: Path) -> None:
