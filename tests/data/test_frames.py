@@ -212,3 +212,16 @@ def test_single_image_path_is_refused(tmp_path) -> None:
     Image.fromarray(_solid(4, 4, RED)).save(tmp_path / "one.png")
     with pytest.raises(UserInputError, match=r"single image"):
         open_frames(tmp_path / "one.png")
+
+
+def test_an_annotations_folder_given_as_frames_is_refused_with_the_frames_named(shared_vos, tmp_path) -> None:
+    """Masks given as frames would be tracked or timed as images without complaint."""
+    sequence = shared_vos / "davis2016_blackswan"
+    with pytest.raises(UserInputError, match="is an Annotations folder, the masks; give the frames instead") as info:
+        open_frames(sequence / "Annotations")
+    assert str(sequence / "JPEGImages") in str(info.value)
+    nested = tmp_path / "DAVIS" / "Annotations" / "480p" / "bear"  # DAVIS 2017's layout, no JPEGImages beside it
+    nested.mkdir(parents=True)
+    with pytest.raises(UserInputError, match=r"JPEGImages/<sequence> in DAVIS"):
+        open_frames(nested)
+    assert len(open_frames(sequence / "JPEGImages")) == 50

@@ -229,6 +229,7 @@ def open_frames(path: str | os.PathLike[str], max_frames: int | None = None) -> 
     """
     path = Path(path)
     if path.is_dir():
+        _refuse_mask_folder(path)
         return ImageFolderSource(path, max_frames)
     if not path.exists():
         raise UserInputError(f"{path} does not exist; give a folder of frames or a video file")
@@ -237,6 +238,18 @@ def open_frames(path: str | os.PathLike[str], max_frames: int | None = None) -> 
             f"{path} is a single image; give the folder that holds the frames ({path.parent}) or a video file"
         )
     return VideoFileSource(path, max_frames)
+
+
+def _refuse_mask_folder(path: Path) -> None:
+    """A DAVIS/YouTube-VOS mask folder (``Annotations/``, ``Annotations/<seq>``, ``Annotations/480p/<seq>``) given
+    as frames would be read as images, palette colours and all, and tracked or timed without complaint."""
+    parts = path.parts if "Annotations" in path.parts[-3:] else path.resolve().parts  # "." may be one
+    if "Annotations" not in parts[-3:]:
+        return
+    index = len(parts) - 1 - parts[::-1].index("Annotations")
+    frames = Path(*parts[:index], "JPEGImages", *parts[index + 1:])
+    hint = f" ({frames})" if frames.is_dir() else " (JPEGImages/<sequence> in DAVIS)"
+    raise UserInputError(f"{path} is an Annotations folder, the masks; give the frames instead{hint}")
 
 
 def _check_max_frames(max_frames: int | None) -> int | None:
