@@ -53,7 +53,7 @@ def attention_weights(logits: Tensor) -> Tensor:
     logits are raised in place when no gradient is wanted (one [N, Q, P] tensor fewer at the read's peak): the
     caller must not reuse them.
 
-    Subnormal operands cost x86 CPUs about a hundred cycles each: with the default model's sigma 2 a few percent
+    Subnormal operands cost x86 CPUs about a hundred cycles each: with a default model's sigma 2 a few percent
     of the weights were subnormal and its read ran 4-6x slower (docs/benchmarks.md). Raising the logits keeps every
     exp() result normal, so the softmax gets faster too. ``torch.set_flush_denormal`` would not do: it does not
     reach PyTorch's worker threads.

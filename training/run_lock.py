@@ -23,7 +23,7 @@ def holder(out: Path) -> str | None:
     try:
         pid_text, host = (out / LOCK_NAME).read_text().split(maxsplit=1)
         pid = int(pid_text)
-    except (FileNotFoundError, ValueError):  # no lock, or one cut short while being written: not a live run's
+    except (OSError, ValueError):  # no lock, or one cut short while being written: not a live run's
         return None
     host = host.strip()
     if host == socket.gethostname():
