@@ -136,6 +136,10 @@ class _IndexedClips(Dataset):
     def draw(self, rng: np.random.Generator, iteration: int) -> Clip | None:
         raise NotImplementedError
 
+    def describe(self) -> str:
+        """What the clips are made from, for the log: "300 videos, 7200 annotated frames"."""
+        raise NotImplementedError
+
 
 class StaticClips(_IndexedClips):
     """Pre-training clips with Hide-and-Seek: procedural scenes (``pairs`` None) or the user's image/mask pairs."""
@@ -143,6 +147,9 @@ class StaticClips(_IndexedClips):
     def __init__(self, config: TrainConfig, pairs: list[tuple[Path, Path]] | None = None):
         super().__init__(config)
         self.pairs = pairs
+
+    def describe(self) -> str:
+        return "procedural images" if self.pairs is None else f"{len(self.pairs)} images with masks"
 
     def draw(self, rng: np.random.Generator, iteration: int) -> Clip | None:
         config, size = self.config, self.config.size
@@ -167,6 +174,10 @@ class VideoClips(_IndexedClips):
     def __init__(self, config: TrainConfig, sequences: list[VideoSequence]):
         super().__init__(config)
         self.sequences = sequences
+
+    def describe(self) -> str:
+        count, frames = len(self.sequences), sum(len(sequence.frames) for sequence in self.sequences)
+        return f"{count} video{'s' * (count != 1)}, {frames} annotated frames"
 
     def frame_indices(self, rng: np.random.Generator, length: int, max_skip: int) -> list[int]:
         """``clip_frames`` ordered indices into a video of ``length`` frames; a gap of g skips g frames. When the

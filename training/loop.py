@@ -267,7 +267,10 @@ def train(config: TrainConfig, progress: bool = True, bar_position: int | None =
                             collate_fn=list, num_workers=config.workers)
         checkpoint, state_path, averaged = out / CHECKPOINT_NAME, out / STATE_NAME, out / AVERAGED_NAME
         writer = writer_class(str(out / TENSORBOARD_DIR)) if writer_class else None
-        log = TrainLog(out / LOG_NAME, config, start, writer)
+        data = dataset.describe() + (f" in {config.data}" if config.data is not None else "")
+        if progress and bar_position is None:  # runs side by side (the recipe) say it in their train.log only
+            print(f"training on {data}", file=sys.stderr)
+        log = TrainLog(out / LOG_NAME, config, start, data, writer)
         until = config.batchnorm_until
         set_train_mode(model, config.freeze_batchnorm and (until is None or start >= until))
         bar = tqdm(total=config.iterations, initial=start, unit="it", file=sys.stderr, dynamic_ncols=True,
@@ -363,10 +366,11 @@ class TrainLog:
     iteration), appended and flushed, so a background run can be watched with ``tail -f``; the same values as
     TensorBoard scalars to ``events``, a SummaryWriter, when given (a resumed run adds an event file)."""
 
-    def __init__(self, path: Path, config: TrainConfig, start: int, events=None):
+    def __init__(self, path: Path, config: TrainConfig, start: int, data: str, events=None):
         self.path, self.last, self.clock, self.events = path, start, time.perf_counter(), events
         self._append(f"# {config.model} {config.stage}: iterations {start} -> {config.iterations}, "
-                     f"batch {config.batch}, size {config.size}, seed {config.seed}, device {config.device}\n")
+                     f"batch {config.batch}, size {config.size}, seed {config.seed}, device {config.device}; "
+                     f"data: {data}\n")
 
     def write(self, done: int, losses: list[float], lr: float) -> None:
         now = time.perf_counter()

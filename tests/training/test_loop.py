@@ -35,7 +35,7 @@ def test_a_run_writes_weights_state_log_and_curve(small_config):
     assert json.loads((out / "train_config.json").read_text())["size"] == 64
     assert len((out / "losses.csv").read_text().splitlines()) == 1 + 4
     log = (out / "train.log").read_text().splitlines()
-    assert log[0].startswith("# tiny pretrain") and [line.split()[2] for line in log[1:]] == ["2", "4"]
+    assert log[0].startswith("# tiny pretrain") and log[0].endswith("; data: procedural images") and [line.split()[2] for line in log[1:]] == ["2", "4"]
     state, stored = read_checkpoint(result.checkpoint)
     assert stored == get_config("tiny")
     model = load_model(get_config("tiny"), result.checkpoint)
@@ -162,6 +162,9 @@ def test_cli_pretrain_then_main_on_generated_videos(tmp_path, capsys):
     printed = capsys.readouterr()
     assert printed.out.strip().splitlines()[-1] == str(tmp_path / "main" / "model.safetensors")
     assert "trained iterations 0 to 2" in printed.err
+    assert f"training on 2 videos, 12 annotated frames in {videos}" in printed.err  # what a run reads, said
+    assert (tmp_path / "main" / "train.log").read_text().startswith("# tiny main")
+    assert f"; data: 2 videos, 12 annotated frames in {videos}\n" in (tmp_path / "main" / "train.log").read_text()
     stored = json.loads((tmp_path / "main" / "train_config.json").read_text())
     assert stored["stage"] == "main" and stored["init"] == str(tmp_path / "pre" / "model.safetensors")
     assert stored["clip_frames"] == 5 and stored["optim"]["warmup"] == 0
