@@ -186,8 +186,12 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig (imported lazi
     from kmnrt.training.config import WeightAverageConfig, preset
     from kmnrt.training.loop import STATE_NAME
 
+    from kmnrt.training.run_lock import refuse_if_in_use
+
     if args.out.exists() and not args.out.is_dir():
         raise UserInputError(f"--out {args.out} is a file; give a folder for the run")
+    check_stage_options(args)  # before the values are checked: a misplaced option is the first thing to say
+    refuse_if_in_use(args.out)  # a live run's folder: neither --resume nor --force may touch it
     if args.resume is not None and args.resume.is_dir():
         args.resume = args.resume / STATE_NAME  # a run's folder names its state
     config = preset(args.config, args.stage, args.out, iterations=args.iterations, batch=args.batch,
@@ -222,7 +226,6 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig (imported lazi
         skip = dataclasses.replace(skip, end=args.max_skip)
     if args.data is not None and not args.data.is_dir():
         raise UserInputError(f"--data {args.data} is not a folder")
-    check_stage_options(args)
     if args.init is not None and args.resume is not None:
         raise UserInputError("--init and --resume exclude each other: a resumed run continues from its own weights")
     earlier = args.out / STATE_NAME
@@ -248,12 +251,14 @@ STAGE_OPTIONS = {
 def check_stage_options(args: argparse.Namespace) -> None:
     from kmnrt.errors import UserInputError
 
-    for stage, options in STAGE_OPTIONS.items():
-        for name, acts_on in options.items():
-            if stage != args.stage and getattr(args, name) not in (None, False):
-                flag = "--" + name.replace("_", "-")
-                raise UserInputError(f"{flag} sets {acts_on} of --stage {stage}, not of this --stage {args.stage} "
-                                     f"run: drop it")
+    misplaced = [(f"--{name.replace('_', '-')}", acts_on) for stage, options in STAGE_OPTIONS.items()
+                 if stage != args.stage for name, acts_on in options.items()
+                 if getattr(args, name) is not None and getattr(args, name) is not False]  # 0 is given too
+    if misplaced:
+        what = "; ".join(f"{flag} sets {acts_on}" for flag, acts_on in misplaced)
+        other = "main" if args.stage == "pretrain" else "pretrain"
+        raise UserInputError(f"{what} of --stage {other}, not of this --stage {args.stage} run: drop "
+                             f"{' '.join(flag for flag, _ in misplaced)}")
     if args.stage == "pretrain" and args.data is not None and args.motion_fraction is not None:
         raise UserInputError("--motion-fraction sets the procedural images, and --data gives images of your own: "
                              "drop one of them")
@@ -261,10 +266,8 @@ def check_stage_options(args: argparse.Namespace) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from kmnrt.training.loop import RUN_FILES, STATE_NAME, train
-    from kmnrt.training.run_lock import refuse_if_in_use
 
-    config = config_from_args(args)
-    refuse_if_in_use(args.out)  # before --force deletes anything of a run that is still writing there
+    config = config_from_args(args)  # refuses a folder a live run holds, before --force deletes anything there
     resuming_here = args.resume is not None and args.resume.resolve() == (args.out / STATE_NAME).resolve()
     if args.force and not resuming_here:  # start over: nothing of the earlier run stays (averaged weights, logs)
         for path in (args.out / name for name in RUN_FILES):

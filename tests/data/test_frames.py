@@ -225,3 +225,18 @@ def test_an_annotations_folder_given_as_frames_is_refused_with_the_frames_named(
     with pytest.raises(UserInputError, match=r"JPEGImages/<sequence> in DAVIS"):
         open_frames(nested)
     assert len(open_frames(sequence / "JPEGImages")) == 50
+    # one mask given as a frame: the hint names the frames, not the masks' folder
+    with pytest.raises(UserInputError, match="is an Annotations folder") as info:
+        open_frames(sequence / "Annotations" / "00000.png")
+    assert str(sequence / "JPEGImages") in str(info.value)
+    # a tree's root: the hint asks for a sequence's folder
+    tree = tmp_path / "tree"
+    (tree / "Annotations" / "seq").mkdir(parents=True)
+    (tree / "JPEGImages" / "seq").mkdir(parents=True)
+    with pytest.raises(UserInputError, match=r"give the frames instead \(a sequence's folder in .*JPEGImages\)"):
+        open_frames(tree / "Annotations")
+    # JPEG frames in a folder that happens to be called Annotations are frames
+    frames = tmp_path / "backup" / "Annotations"
+    frames.mkdir(parents=True)
+    Image.new("RGB", (32, 24)).save(frames / "00000.jpg")
+    assert len(open_frames(frames)) == 1

@@ -324,6 +324,7 @@ def test_forgotten_blocks_lie_inside_objects_of_memorised_predictions(video_tree
     ("--max-skip", "-1", "--max-skip must be at least 0"),
 ])
 def test_bad_loss_and_memory_options_are_one_line_errors(tmp_path, capsys, option, value, message):
-    assert kmnrt_main(["train", "--iterations", "3", option, value, "--out", str(tmp_path / "run")]) != 0
+    stage = ["--stage", "main", "--data", str(tmp_path)] if option == "--max-skip" else []  # where it applies
+    assert kmnrt_main(["train", "--iterations", "3", *stage, option, value, "--out", str(tmp_path / "run")]) != 0
     error = capsys.readouterr().err
     assert error.startswith(f"error: {message}") and "Traceback" not in error

@@ -259,8 +259,13 @@ def test_cli_refuses_options_of_the_other_stage_and_says_which(tmp_path, capsys)
                                  progress=False)
     cases = [
         (["--stage", "main", "--data", str(videos), "--hide-grid", "8"],
-         "--hide-grid sets Hide-and-Seek of --stage pretrain, not of this --stage main run: drop it"),
-        (["--stage", "main", "--data", str(videos), "--no-hide-and-seek"], "--no-hide-and-seek sets Hide-and-Seek"),
+         "--hide-grid sets Hide-and-Seek of --stage pretrain, not of this --stage main run: drop --hide-grid"),
+        # every misplaced option at once, and 0 is a value given too (it is not checked as a value first)
+        (["--stage", "main", "--data", str(videos), "--no-hide-and-seek", "--motion-fraction", "0", "--hide-grid",
+          "0"], "--hide-grid sets Hide-and-Seek; --no-hide-and-seek sets Hide-and-Seek; --motion-fraction sets the "
+         "procedural images of --stage pretrain, not of this --stage main run: drop --hide-grid --no-hide-and-seek "
+         "--motion-fraction"),
+        (["--max-skip", "0", "--skip-every", "0"], "drop --max-skip --skip-every"),
         (["--stage", "pretrain", "--data", str(videos), "--motion-fraction", "0.2"],
          "--motion-fraction sets the procedural images, and --data gives images of your own"),
     ]

@@ -37,15 +37,17 @@ def test_train_refuses_a_folder_a_live_run_holds_even_with_force(tmp_path, capsy
     run = tmp_path / "run"
     run.mkdir()
     (run / "model.safetensors").write_bytes(b"the live run's weights")
+    (run / "train_state.pt").write_bytes(b"the live run's state")  # a folder that holds a run: the lock speaks first
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (run / LOCK_NAME).write_text(f"{other.pid} {socket.gethostname()}\n")
-        for extra in ([], ["--force"]):
+        for extra in ([], ["--force"], ["--resume", str(run)]):
             assert kmnrt_main(["train", "--iterations", "2", "--out", str(run), *extra]) != 0
             error = capsys.readouterr().err
             assert f"belongs to a training run still going (process {other.pid}" in error
             assert "Traceback" not in error
         assert (run / "model.safetensors").read_bytes() == b"the live run's weights"
+        assert (run / "train_state.pt").read_bytes() == b"the live run's state"
     finally:
         other.kill()
         other.wait()

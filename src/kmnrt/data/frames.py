@@ -234,6 +234,7 @@ def open_frames(path: str | os.PathLike[str], max_frames: int | None = None) -> 
     if not path.exists():
         raise UserInputError(f"{path} does not exist; give a folder of frames or a video file")
     if path.suffix.lower() in IMAGE_EXTENSIONS:
+        _refuse_mask_folder(path.parent)  # a mask given as a frame: name the frames, not the masks' folder
         raise UserInputError(
             f"{path} is a single image; give the folder that holds the frames ({path.parent}) or a video file"
         )
@@ -242,13 +243,24 @@ def open_frames(path: str | os.PathLike[str], max_frames: int | None = None) -> 
 
 def _refuse_mask_folder(path: Path) -> None:
     """A DAVIS/YouTube-VOS mask folder (``Annotations/``, ``Annotations/<seq>``, ``Annotations/480p/<seq>``) given
-    as frames would be read as images, palette colours and all, and tracked or timed without complaint."""
+    as frames would be read as images, palette colours and all, and tracked or timed without complaint. Frames
+    (JPEGs) in a folder of that name are frames."""
     parts = path.parts if "Annotations" in path.parts[-3:] else path.resolve().parts  # "." may be one
     if "Annotations" not in parts[-3:]:
         return
+    try:
+        if any(child.suffix.lower() in (".jpg", ".jpeg") for child in path.iterdir()):
+            return
+    except OSError:  # unreadable: the frame source says so
+        return
     index = len(parts) - 1 - parts[::-1].index("Annotations")
     frames = Path(*parts[:index], "JPEGImages", *parts[index + 1:])
-    hint = f" ({frames})" if frames.is_dir() else " (JPEGImages/<sequence> in DAVIS)"
+    if not frames.is_dir():
+        hint = " (JPEGImages/<sequence> in DAVIS)"
+    elif any(child.is_dir() for child in frames.iterdir()):  # the tree's root or a resolution level
+        hint = f" (a sequence's folder in {frames})"
+    else:
+        hint = f" ({frames})"
     raise UserInputError(f"{path} is an Annotations folder, the masks; give the frames instead{hint}")
 
 
