@@ -8,6 +8,7 @@ from pathlib import Path
 
 from kmnrt.benchmarks.stats import END_TO_END, STAGES
 from kmnrt.benchmarks.suite import SCHEMA
+from kmnrt.columns import aligned_columns
 from kmnrt.data.atomic import atomic_output
 from kmnrt.errors import UserInputError
 
@@ -51,10 +52,8 @@ def latency_table(document: dict) -> str:
     head = ["backend", "N", "T", "median ms", "p90 ms", "p99 ms", "fps", "speed-up"]
     head += [f"{STAGE_LABELS[s]} ms" for s in stages] + ["peak RSS MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in sorted(document["results"], key=lambda r: (r["objects"], r["memory"], _backend_order(document, r))):
-        e2e, speedup = r[END_TO_END], r.get("speedup") or {}
-        memory = r.get("memory_bytes", {})
-        peak = memory.get("device_peak_allocated") if r["device"].startswith("cuda") else memory.get("peak_rss")
+    for r in _in_order(document, document["results"]):
+        e2e, speedup, peak = r[END_TO_END], r.get("speedup") or {}, _peak_bytes(r)
         row = [r["backend"], r["objects"], r["memory"], _ms(e2e["median_ms"]), _ms(e2e["p90_ms"]),
                _ms(e2e["p99_ms"]), f"{r['fps']:.2f}", _x(speedup.get(END_TO_END))]
         row += [_ms(r["stages"][s]["median_ms"]) if s in r["stages"] else "–" for s in stages] + [_mb(peak)]
@@ -66,18 +65,12 @@ def terminal_summary(document: dict) -> str:
     """The latency results as aligned columns for a terminal: end to end, the read, and memory (the report's
     15-column table wraps in any terminal; it stays in the Markdown)."""
     rows = [("backend", "N", "T", "median ms", "p90 ms", "fps", "speed-up", "read ms", "peak MB")]
-    for r in sorted(document["results"], key=lambda r: (r["objects"], r["memory"], _backend_order(document, r))):
-        e2e, memory = r[END_TO_END], r.get("memory_bytes", {})
-        peak = memory.get("device_peak_allocated") if r["device"].startswith("cuda") else memory.get("peak_rss")
-        read = r["stages"].get("read")
+    for r in _in_order(document, document["results"]):
+        e2e, read = r[END_TO_END], r["stages"].get("read")
         rows.append((r["backend"], str(r["objects"]), str(r["memory"]), _ms(e2e["median_ms"]), _ms(e2e["p90_ms"]),
                      f"{r['fps']:.1f}", _x((r.get("speedup") or {}).get(END_TO_END)),
-                     _ms(read["median_ms"] if read else None), _mb(peak)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.rjust(width) if i else cell.ljust(width) for i, (cell, width) in
-                       enumerate(zip(row, widths))).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
+                     _ms(read["median_ms"] if read else None), _mb(_peak_bytes(r))))
+    return "\n".join(aligned_columns(rows, right_from=1))
 
 
 def stage_speedup_table(document: dict) -> str:
@@ -86,7 +79,7 @@ def stage_speedup_table(document: dict) -> str:
         return "_No baseline in this run: speed-ups need `reference` in --backends._"
     head = ["backend", "N", "T", "end to end", *[STAGE_LABELS[s] for s in STAGES]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in sorted(rows, key=lambda r: (r["objects"], r["memory"], _backend_order(document, r))):
+    for r in _in_order(document, rows):
         lines.append("| " + " | ".join(map(str, [r["backend"], r["objects"], r["memory"],
                                                  *[_x(r["speedup"].get(k)) for k in (END_TO_END, *STAGES)]])) + " |")
     return "\n".join(lines)
@@ -95,7 +88,7 @@ def stage_speedup_table(document: dict) -> str:
 def read_memory_table(document: dict) -> str:
     head = ["backend", "N", "T", "affinity A MB", "read peak MB", "peak / A", "measured by"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in sorted(document["read_memory"], key=lambda r: (r["objects"], r["memory"], _backend_order(document, r))):
+    for r in _in_order(document, document["read_memory"]):
         multiple = "–" if r.get("multiple") is None else f"{r['multiple']:.2f}"
         lines.append(f"| {r['backend']} | {r['objects']} | {r['memory']} | {_mb(r['affinity_bytes'])} | "
                      f"{_mb(r.get('peak_bytes'))} | {multiple} | {r['measured_by']} |")
@@ -131,6 +124,16 @@ def video_length_table(document: dict) -> str:
 
 def _percentiles(summary: dict) -> str:
     return " / ".join(_ms(summary[k]) for k in ("median_ms", "p90_ms", "p99_ms"))
+
+
+def _in_order(document: dict, records: list[dict]) -> list[dict]:
+    """By N, then T, then the backends' order in the command."""
+    return sorted(records, key=lambda r: (r["objects"], r["memory"], _backend_order(document, r)))
+
+
+def _peak_bytes(record: dict) -> int | None:
+    memory = record.get("memory_bytes", {})
+    return memory.get("device_peak_allocated") if record["device"].startswith("cuda") else memory.get("peak_rss")
 
 
 def _backend_order(document: dict, record: dict) -> int:

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from kmnrt.columns import aligned_columns
 from kmnrt.model.cli import add_read_arguments, add_weights_arguments
 
 
@@ -93,9 +94,7 @@ def summary_table(report: dict) -> str:
         trt = "-" if "supported" not in ops else ("ok" if ops["supported"] else f"{len(ops['problems'])} problems")
         rows.append((name, str(graph["nodes"]), _size(graph.get("bytes", 0)), f"{graph['export_seconds']:.1f} s",
                      parity, f"{check['seconds']:.1f} s" if check else "-", trt))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * width for width in widths))
+    lines = aligned_columns(rows)
     parity = report.get("fp16_parity")
     if parity:
         lines.append(f"fp16 vs fp32 PyTorch: min mask IoU {parity['min_mask_iou']:.4f}, "

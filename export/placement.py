@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+from kmnrt.data.atomic import process_exists
 from kmnrt.errors import UserInputError, a_few
 
 
@@ -35,18 +36,8 @@ def remove_abandoned_staging(out: Path) -> None:
     ``.NAME.partial-PID`` and ``.NAME.replaced-PID`` whose process is gone."""
     for folder in out.parent.glob(f".{out.name}.*-*"):
         kind, _, pid = folder.name[len(out.name) + 2:].partition("-")
-        if kind in ("partial", "replaced") and pid.isdigit() and not _process_exists(int(pid)):
+        if kind in ("partial", "replaced") and pid.isdigit() and not process_exists(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def move_into_place(staging: Path, out: Path, force: bool) -> None:

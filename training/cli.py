@@ -185,7 +185,6 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig (imported lazi
     from kmnrt.errors import UserInputError
     from kmnrt.training.config import WeightAverageConfig, preset
     from kmnrt.training.loop import STATE_NAME
-
     from kmnrt.training.run_lock import refuse_if_in_use
 
     if args.out.exists() and not args.out.is_dir():

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from kmnrt.data.atomic import process_exists
 from kmnrt.errors import UserInputError
 
 LOCK_NAME = ".train.lock"
@@ -26,13 +27,8 @@ def holder(out: Path) -> str | None:
     except (OSError, ValueError):  # no lock, or one cut short while being written: not a live run's
         return None
     host = host.strip()
-    if host == socket.gethostname():
-        try:
-            os.kill(pid, 0)  # signal 0: only asks whether the process exists
-        except ProcessLookupError:
-            return None
-        except PermissionError:  # exists, owned by another user
-            pass
+    if host == socket.gethostname() and not process_exists(pid):
+        return None
     return f"process {pid} on host {host}"
 
 

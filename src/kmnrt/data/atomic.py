@@ -16,6 +16,18 @@ from pathlib import Path
 from kmnrt.errors import KmnrtWarning, UserInputError, a_few
 
 
+def process_exists(pid: int) -> bool:
+    """Whether process ``pid`` still runs on this machine: a folder it claimed (a staging folder, a run's lock) is
+    abandoned once it has ended."""
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; when the block ends without error it replaces ``path``.
