@@ -43,16 +43,36 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(subparsers)
+    for command in subparsers.choices.values():
+        command.set_defaults(command_parser=command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would report them under the top-level usage, which lists no command's options
+        refuse_unknown(getattr(args, "command_parser", parser), unknown)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0
     return exit_status(lambda: int(args.handler(args) or 0))
+
+
+def refuse_unknown(parser: argparse.ArgumentParser, unknown: list[str]) -> None:
+    """Exit (status 2) with ``parser``'s usage, naming the arguments it does not take and, for a mistyped
+    option, the closest ones it does."""
+    import difflib
+
+    # compared without their dashes, which every option shares ("--threads" would otherwise match "--read")
+    known = {flag.lstrip("-"): flag for action in parser._actions for flag in action.option_strings}
+    hints = []
+    for word in unknown:
+        name = word.split("=")[0].lstrip("-")
+        close = difflib.get_close_matches(name, known, n=2, cutoff=0.75) if word.startswith("-") and name else []
+        if close:
+            hints.append(f"{word}: did you mean {' or '.join(known[c] for c in close)}?")
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}" + ("; " + "; ".join(hints) if hints else ""))
 
 
 if __name__ == "__main__":
