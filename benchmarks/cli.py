@@ -114,7 +114,7 @@ def check_writable(path: Path, option: str) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from kmnrt.benchmarks.report import load_results, write_report
+    from kmnrt.benchmarks.report import load_results, terminal_summary, write_report
 
     if args.report:
         document = load_results(args.report)
@@ -122,9 +122,9 @@ def run_bench(args: argparse.Namespace) -> int:
         plot = args.plot or args.report.with_suffix(".png")
         for path in write_report(document, markdown, plot):
             print(f"wrote {path}")
+        print(terminal_summary(document))
         return 0
     from kmnrt.benchmarks.environment import device_name, gpu_info
-    from kmnrt.benchmarks.report import terminal_summary
     from kmnrt.benchmarks.suite import run_benchmark
     from kmnrt.data.atomic import atomic_output
 

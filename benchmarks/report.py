@@ -63,14 +63,21 @@ def latency_table(document: dict) -> str:
 
 def terminal_summary(document: dict) -> str:
     """The latency results as aligned columns for a terminal: end to end, the read, and memory (the report's
-    15-column table wraps in any terminal; it stays in the Markdown)."""
+    15-column table wraps in any terminal; it stays in the Markdown); then the throughput of ``--sessions``."""
     rows = [("backend", "N", "T", "median ms", "p90 ms", "fps", "speed-up", "read ms", "peak MB")]
     for r in _in_order(document, document["results"]):
         e2e, read = r[END_TO_END], r["stages"].get("read")
         rows.append((r["backend"], str(r["objects"]), str(r["memory"]), _ms(e2e["median_ms"]), _ms(e2e["p90_ms"]),
                      f"{r['fps']:.1f}", _x((r.get("speedup") or {}).get(END_TO_END)),
                      _ms(read["median_ms"] if read else None), _mb(_peak_bytes(r))))
-    return "\n".join(aligned_columns(rows, right_from=1))
+    lines = aligned_columns(rows, right_from=1)
+    if document["throughput"]:
+        rows = [("backend", "N", "T", "K", "batched fps", "p90 ms", "sequential fps", "p90 ms", "batched ×")]
+        rows += [(r["backend"], str(r["objects"]), str(r["memory"]), str(r["sessions"]), f"{r['batched']['fps']:.1f}",
+                  _ms(r["batched"]["latency"]["p90_ms"]), f"{r['sequential']['fps']:.1f}",
+                  _ms(r["sequential"]["latency"]["p90_ms"]), _x(r["speedup"])) for r in document["throughput"]]
+        lines += ["", "throughput, K sessions on one device:", *aligned_columns(rows, right_from=1)]
+    return "\n".join(lines)
 
 
 def stage_speedup_table(document: dict) -> str:

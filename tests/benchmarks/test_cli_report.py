@@ -27,7 +27,8 @@ def test_report_from_json_writes_markdown_and_plot(bench_document: dict, tmp_pat
     assert "kmnrt bench (test)" in text
     table = [line for line in text.splitlines() if line.startswith("| onnxruntime | 2 | 3 |")]
     assert len(table) >= 2  # the latency table, the per-stage speed-up table (and the read-memory table)
-    assert "wrote" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "wrote" in out and terminal_summary(bench_document) in out  # the tables a run prints, printed again
 
 
 def test_markdown_lists_every_result_and_the_tables(bench_document: dict) -> None:
@@ -42,8 +43,10 @@ def test_markdown_lists_every_result_and_the_tables(bench_document: dict) -> Non
 
 
 def test_terminal_summary_is_aligned_columns_of_every_result(bench_document: dict) -> None:
-    """What `kmnrt bench` prints: narrow enough not to wrap, one row per result, the JSON's numbers."""
-    lines = terminal_summary(bench_document).splitlines()
+    """What `kmnrt bench` prints: narrow enough not to wrap, one row per result, the JSON's numbers; then the
+    throughput of --sessions, one row per measurement."""
+    lines, throughput = terminal_summary(bench_document).split("\n\n")
+    lines, throughput = lines.splitlines(), throughput.splitlines()
     assert lines[0].split() == ["backend", "N", "T", "median", "ms", "p90", "ms", "fps", "speed-up", "read", "ms",
                                 "peak", "MB"]
     assert set(lines[1]) == {"-", " "} and len(lines) == 2 + len(bench_document["results"])
@@ -53,6 +56,11 @@ def test_terminal_summary_is_aligned_columns_of_every_result(bench_document: dic
     row = next(line.split() for line in lines[2:] if line.split()[:3] == ["onnxruntime", "2", "3"])
     median = result["end_to_end"]["median_ms"]
     assert row[3] == (f"{median:.1f}" if median >= 10 else f"{median:.2f}") and row[6].endswith("×")
+    assert throughput[0] == "throughput, K sessions on one device:" and set(throughput[2]) == {"-", " "}
+    assert len(throughput) == 3 + len(bench_document["throughput"]) and max(map(len, throughput)) <= 80
+    first = bench_document["throughput"][0]
+    assert throughput[3].split()[:5] == [first["backend"], str(first["objects"]), str(first["memory"]),
+                                         str(first["sessions"]), f"{first['batched']['fps']:.1f}"]
 
 
 def test_report_without_baseline_says_so(bench_document: dict, tmp_path: Path) -> None:
