@@ -258,6 +258,9 @@ def check_stage_options(args: argparse.Namespace) -> None:
         other = "main" if args.stage == "pretrain" else "pretrain"
         raise UserInputError(f"{what} of --stage {other}, not of this --stage {args.stage} run: drop "
                              f"{' '.join(flag for flag, _ in misplaced)}")
+    if args.no_hide_and_seek and args.hide_grid is not None:
+        raise UserInputError(f"--hide-grid {args.hide_grid} sets Hide-and-Seek's grid, and --no-hide-and-seek turns "
+                             f"Hide-and-Seek off: drop one of them")
     if args.stage == "pretrain" and args.data is not None and args.motion_fraction is not None:
         raise UserInputError("--motion-fraction sets the procedural images, and --data gives images of your own: "
                              "drop one of them")

@@ -339,10 +339,16 @@ def warn_of_changed_options(config: TrainConfig, recorded: Path) -> None:
     now = _flat(config.to_dict())
     changed = [f"{key} {now[key]} (the run: {before[key]})" for key in now
                if key in before and before[key] != now[key] and key.split(".")[0] not in _OPERATIONAL]
+    if before.get("data") is not None and _folder(now.get("data")) != _folder(before["data"]):  # not a spelling of it
+        changed.append(f"data {now.get('data')} (the run: {before['data']})")
     if changed:
         warnings.warn(f"--resume continues with options that differ from the run's ({recorded}): "
                       f"{', '.join(changed)}; it goes on with them (the lr schedule follows --iterations), so give "
                       f"the run's own unless the change is meant", KmnrtWarning, stacklevel=2)
+
+
+def _folder(path: str | None) -> Path | None:
+    return None if path is None else Path(path).resolve()
 
 
 def _flat(options: dict, prefix: str = "") -> dict:

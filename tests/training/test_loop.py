@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -186,7 +187,18 @@ def test_cli_pretrain_then_main_on_generated_videos(tmp_path, capsys):
     assert kmnrt_main(["train", "--stage", "main", *common[:-4], "--iterations", "3", "--threads", "1", "--data",
                        str(videos), "--clip-frames", "5", "--resume", str(tmp_path / "main"), "--out",
                        str(tmp_path / "main")]) == 0
-    assert "trained iterations 2 to 3" in capsys.readouterr().err
+    printed = capsys.readouterr().err
+    assert "trained iterations 2 to 3" in printed and "iterations 3 (the run: 2)" in printed
+    assert "data " not in printed
+    # the same run resumed on other videos goes on, and says so (the same folder spelled otherwise is no change)
+    other = shutil.copytree(videos, tmp_path / "other-videos")
+    resume = ["train", "--stage", "main", *common[:-4], "--threads", "1", "--clip-frames", "5", "--resume",
+              str(tmp_path / "main"), "--out", str(tmp_path / "main")]
+    assert kmnrt_main([*resume, "--iterations", "4", "--data", str(other)]) == 0
+    printed = capsys.readouterr().err
+    assert f"iterations 4 (the run: 3), data {other} (the run: {videos}); it goes on with them" in printed
+    assert kmnrt_main([*resume, "--iterations", "5", "--data", f"{other}/../other-videos"]) == 0
+    assert "data " not in capsys.readouterr().err
 
 
 def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, capsys):
@@ -268,6 +280,8 @@ def test_cli_refuses_options_of_the_other_stage_and_says_which(tmp_path, capsys)
         (["--max-skip", "0", "--skip-every", "0"], "drop --max-skip --skip-every"),
         (["--stage", "pretrain", "--data", str(videos), "--motion-fraction", "0.2"],
          "--motion-fraction sets the procedural images, and --data gives images of your own"),
+        (["--stage", "pretrain", "--no-hide-and-seek", "--hide-grid", "14"],
+         "--hide-grid 14 sets Hide-and-Seek's grid, and --no-hide-and-seek turns Hide-and-Seek off"),
     ]
     for argv, message in cases:
         assert kmnrt_main(["train", "--iterations", "2", "--out", str(tmp_path / "run"), *argv]) != 0
