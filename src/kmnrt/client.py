@@ -24,12 +24,14 @@ import numpy as np
 
 from kmnrt.errors import KmnrtError, UserInputError
 
+UNREACHABLE = "unreachable"
+
 
 class ServiceClientError(KmnrtError):
     """The service refused a request; ``status`` and ``code`` say why (see docs/service.md)."""
 
     def __init__(self, status: int, code: str, message: str):
-        super().__init__(f"server answered {status} {code}: {message}")
+        super().__init__(message if status == 0 else f"server answered {status} {code}: {message}")  # 0: none did
         self.status = status
         self.code = code
 
@@ -117,7 +119,13 @@ class ServiceClient:
         self._call("DELETE", f"/v1/sessions/{session_id}")
 
     def ready(self) -> bool:
-        return self.http.get("/v2/health/ready").status_code == 200
+        """Whether the server answers ``/v2/health/ready`` with 200 (False when nothing answers)."""
+        import httpx
+
+        try:
+            return self.http.get("/v2/health/ready").status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def wait_ready(self, timeout_s: float = 120.0, interval_s: float = 0.1) -> dict:
         """Poll ``/v2/health/ready`` until the server is ready (it answers 503 while it warms up). -> the ready
@@ -126,18 +134,26 @@ class ServiceClient:
         import httpx
 
         deadline = time.monotonic() + timeout_s
-        status = "unreachable"
+        status = UNREACHABLE
         while True:
             try:
                 response = self.http.get("/v2/health/ready")
-                status = response.json().get("status", "unknown")
+            except httpx.HTTPError:
+                status = UNREACHABLE
+            else:
                 if response.status_code == 200:
                     return response.json()
-            except (httpx.HTTPError, ValueError):
-                status = "unreachable"
+                if response.status_code != 503:  # no readiness answer at all: waiting will not change that
+                    code = "not_found" if response.status_code == 404 else "http_error"
+                    raise ServiceClientError(response.status_code, code, "GET /v2/health/ready is not a kmnrt "
+                                             f"readiness answer{_hint(code, self.http.base_url)}")
+                status = _status_of(response)
             if status == "failed":
                 raise ServiceClientError(503, "failed", "the server's engine warm-up failed; see the server log")
             if time.monotonic() > deadline:
+                if status == UNREACHABLE:
+                    raise ServiceClientError(0, "connection_failed", f"no server answered at {self.http.base_url} "
+                                             f"within {timeout_s:g} s: is `kmnrt serve` running there? (--server)")
                 raise ServiceClientError(503, "not_ready", f"the server was not ready after {timeout_s:g} s "
                                          f"(last status: {status})")
             time.sleep(interval_s)
@@ -153,10 +169,27 @@ class ServiceClient:
         if response.status_code >= 400:
             try:
                 error = response.json()["error"]
-                raise ServiceClientError(response.status_code, error["code"], error["message"])
+                code, message = error["code"], error["message"]
             except (ValueError, KeyError, TypeError):
                 raise ServiceClientError(response.status_code, "http_error", response.text[:200]) from None
+            raise ServiceClientError(response.status_code, code, message + _hint(code, self.http.base_url))
         return response.json() if response.content else None
+
+
+def _status_of(response: Any) -> str:
+    try:
+        return str(response.json().get("status", "unknown"))
+    except (ValueError, AttributeError):
+        return "unknown"
+
+
+def _hint(code: str, base_url: object) -> str:
+    """What to do about the errors that come from how the client was set up rather than from a request."""
+    if code == "unauthorized":
+        return " (the client's token: --token, or KMNRT_TOKEN)"
+    if code == "not_found":  # no such route, as opposed to an unknown session (session_not_found)
+        return f" (no such route under {base_url}: give the service's root URL, e.g. http://127.0.0.1:8000)"
+    return ""
 
 
 def check_service_url(url: str) -> None:

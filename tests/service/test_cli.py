@@ -54,11 +54,17 @@ def test_client_run_reports_an_unreachable_server(capsys, tmp_path):
     mask = np.zeros((8, 8), np.uint8)
     mask[:4, :4] = 1
     write_label_png(tmp_path / "mask.png", mask)
-    code = main(["client-run", "--server", "http://127.0.0.1:9", "--input", str(tmp_path / "frames"),
-                 "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "out")])
-    assert code == 2
+    run = ["client-run", "--server", "http://127.0.0.1:9", "--input", str(tmp_path / "frames"), "--mask",
+           str(tmp_path / "mask.png"), "--out", str(tmp_path / "out")]
+    assert main([*run, "--wait-s", "0.3"]) == 2  # waits for a server that may still be starting, then says so
     error = capsys.readouterr().err
-    assert "connection_failed" in error and "no answer from http://127.0.0.1:9" in error and "kmnrt serve" in error
+    assert "waiting up to 0.3 s for http://127.0.0.1:9 to be ready" in error
+    assert error.strip().endswith("error: no server answered at http://127.0.0.1:9 within 0.3 s: is `kmnrt serve` "
+                                  "running there? (--server)")
+    assert main([*run, "--wait-s", "0"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: POST /v1/sessions: no answer from http://127.0.0.1:9") and "kmnrt serve" in error
+    assert not (tmp_path / "out").exists()  # nothing written: no empty folder left behind
 
 
 def test_serve_names_a_taken_port_and_an_invalid_one_before_loading_anything(capsys, tmp_path):

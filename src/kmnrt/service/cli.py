@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
-from kmnrt.errors import UserInputError
+from kmnrt.errors import KmnrtError, UserInputError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="a session's full queue: block (429) or latest (drop the stale frame); default block")
     serve.add_argument("--max-batch", type=int, help="sessions per query-encoder call (default: 8; 1 = off)")
     serve.add_argument("--max-delay-ms", type=float, help="wait for a fuller batch at most this long (default: 2)")
-    serve.add_argument("--max-body-mb", type=float, help="largest request body or message (default: 16)")
+    serve.add_argument("--max-body-mb", type=float, help="largest request body or binary WebSocket message; a "
+                       "JSON message may be 4/3 of it, base64's growth (default: 16)")
     serve.add_argument("--body-timeout-s", type=float, help="a request body that stops arriving for this long is "
                        "refused with 408 and its connection freed (default: 30)")
     serve.add_argument("--max-frame-pixels", type=int, help="largest frame, width x height (default: 4096x2160)")
@@ -65,6 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     client.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     client.add_argument("--mask-format", choices=("png", "rle", "raw"), default="png",
                         help="mask format on the wire (default: png)")
+    client.add_argument("--wait-s", type=float, default=60.0,
+                        help="wait this long for a server that is still starting or warming up (default: 60; "
+                        "0: do not wait)")
     client.set_defaults(handler=run_client)
 
 
@@ -76,12 +81,15 @@ def run_serve(args: argparse.Namespace) -> int:
         return 0
     import uvicorn
 
-    from kmnrt.service.app import capacity, create_app, largest_batch, load_tracker
+    from kmnrt.service.app import capacity, create_app, largest_batch, load_tracker, server_options
     from kmnrt.service.logs import logging_config
     from kmnrt.service.settings import load_settings
 
     settings = load_settings({name: getattr(args, name) for name in vars(args) if name != "handler"})
-    if settings.bundle is None or not settings.bundle.is_dir():
+    if settings.bundle is None:
+        raise UserInputError("no bundle to serve: pass --bundle (or set KMNRT_BUNDLE) with the folder `kmnrt "
+                             "export` wrote")
+    if not settings.bundle.is_dir():
         raise UserInputError(f"bundle {settings.bundle} is not a folder: pass --bundle (or KMNRT_BUNDLE) with "
                              f"the folder `kmnrt export` wrote")
     check_can_listen(settings.host, settings.port)
@@ -91,8 +99,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         capacity(settings, tracker.session_bytes(), tracker.batch_bytes(largest_batch(settings)))
         uvicorn.run(create_app(settings, tracker), host=settings.host, port=settings.port,
-                    log_config=logging_config(settings.log_level), access_log=False,
-                    ws_max_size=settings.max_body_bytes, timeout_graceful_shutdown=int(settings.shutdown_grace_s))
+                    log_config=logging_config(settings.log_level), **server_options(settings))
     finally:
         tracker.close()
     return 0
@@ -122,23 +129,47 @@ def check_can_listen(host: str, port: int) -> None:
 
 
 def run_client(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from kmnrt.data import open_frames, read_masks
 
-    from kmnrt.client import ServiceClient
-    from kmnrt.data import open_frames, output_folder, read_masks, write_label_png
-
+    if args.wait_s < 0:
+        raise UserInputError(f"--wait-s must be 0 or more seconds, got {args.wait_s:g}")
     source = open_frames(args.input, args.max_frames)
     frames = iter(source)
     try:
-        first_name, first_frame = next(frames)
+        first = next(frames)
     except StopIteration:
         raise UserInputError(f"{args.input} holds no frames") from None
     first_mask, later_masks = read_masks(args.mask, source.names)
+    created = not args.out.exists()
+    try:
+        written = _segment_through_service(args, source, first, frames, first_mask, later_masks)
+    except BaseException:
+        if created and args.out.is_dir() and not any(args.out.iterdir()):
+            args.out.rmdir()  # a run that wrote nothing leaves no empty folder behind
+        raise
+    print(f"wrote {written} masks to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _segment_through_service(args: argparse.Namespace, source, first, frames, first_mask, later_masks) -> int:
+    """One session for the whole video; -> the number of masks written. A failure names the frame it happened at
+    and what was written; closing the session after it must not replace that error with its own."""
+    from tqdm import tqdm
+
+    from kmnrt.client import ServiceClient, ServiceClientError
+    from kmnrt.data import output_folder, write_label_png
+
     output_folder(args.out)
     with ServiceClient(args.server, token=args.token) as client:
+        if args.wait_s > 0 and not client.ready():
+            print(f"waiting up to {args.wait_s:g} s for {args.server} to be ready", file=sys.stderr)
+            client.wait_ready(args.wait_s)
+        first_name, first_frame = first
         session = client.create_session(first_frame, first_mask, mask_format=args.mask_format)
+        written, name = 0, first_name
         try:
             write_label_png(args.out / f"{first_name}.png", session.first.labels)
+            written = 1
             for index, (name, frame) in enumerate(tqdm(frames, desc="frames", unit="frame", file=sys.stderr,
                                                        initial=1, total=len(source)), start=1):
                 if index in later_masks:
@@ -146,7 +177,15 @@ def run_client(args: argparse.Namespace) -> int:
                 else:
                     answer = client.send_frame(session.session_id, index, frame)
                 write_label_png(args.out / f"{name}.png", answer.labels)
-        finally:
-            client.delete_session(session.session_id)
-    return 0
-
+                written += 1
+        except ServiceClientError as exc:
+            with contextlib.suppress(ServiceClientError):
+                client.delete_session(session.session_id)
+            raise KmnrtError(f"frame {written} ({name}): {exc}; the masks of the {written} frames before it are "
+                             f"in {args.out}") from None
+        except BaseException:
+            with contextlib.suppress(ServiceClientError):
+                client.delete_session(session.session_id)
+            raise
+        client.delete_session(session.session_id)
+    return written
