@@ -48,8 +48,33 @@ def test_the_config_sends_service_and_uvicorn_logs_as_json_at_the_level(capsys):
         assert entry["logger"] == "uvicorn.error" and entry["event"] == "bind_failed"
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["time"])
     finally:
-        for name in ("kmnrt.service", "uvicorn", "uvicorn.error"):
-            logger = logging.getLogger(name)
-            logger.handlers.clear()
-            logger.propagate = True
-            logger.setLevel(logging.NOTSET)
+        _reset_loggers()
+
+
+def test_websocket_access_lines_and_multipart_warnings_stay_out_of_the_log(capsys):
+    """access_log=False covers HTTP only: uvicorn and websockets log every WebSocket connection at info; and the
+    multipart parser warns of a malformed upload (answered 400) with a bare line of its own."""
+    logging.config.dictConfig(logging_config("info"))
+    try:
+        error_log = logging.getLogger("uvicorn.error")
+        error_log.info('%s - "WebSocket %s" [accepted]', "127.0.0.1:5", "/v1/stream")
+        error_log.info("connection open")
+        error_log.info("connection closed")
+        logging.getLogger("python_multipart.multipart").warning("Expected boundary character 45, got 103")
+        error_log.info("Uvicorn running on %s", "http://127.0.0.1:8000")
+        error_log.warning("connection closed")  # the filter drops info lines only
+        lines = [json.loads(line) for line in capsys.readouterr().err.strip().splitlines()]
+        assert [entry["message"] for entry in lines] == ["Uvicorn running on http://127.0.0.1:8000",
+                                                         "connection closed"]
+    finally:
+        _reset_loggers()
+
+
+def _reset_loggers() -> None:
+    """Undo ``logging_config`` (dictConfig changes process-wide loggers)."""
+    for name in ("kmnrt.service", "uvicorn", "uvicorn.error", "python_multipart"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.filters.clear()
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)

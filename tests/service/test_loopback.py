@@ -3,6 +3,7 @@ requests in the middle, and `kmnrt client-run` writing the same PNGs as the runt
 
 from __future__ import annotations
 
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -167,3 +168,93 @@ def test_a_stalled_upload_is_refused_and_its_connection_freed(tracker, loopback)
                 time.sleep(0.3)
                 raw.sendall(bytes([byte]))
             assert not raw.recv(4096).startswith(b"HTTP/1.1 408")
+
+
+def _frames_and_mask(clip, folder) -> list[str]:
+    from PIL import Image
+
+    from kmnrt.data import write_label_png
+
+    (folder / "frames").mkdir()
+    for index, frame in enumerate(clip.frames):
+        Image.fromarray(frame).save(folder / "frames" / f"{index:05d}.png")
+    write_label_png(folder / "mask.png", clip.mask)
+    return ["--input", str(folder / "frames"), "--mask", str(folder / "mask.png")]
+
+
+def test_client_run_names_a_wrong_root_url(server, videos, tmp_path, capsys):
+    from kmnrt.cli import main
+
+    args = _frames_and_mask(videos(310, 2), tmp_path)
+    assert main(["client-run", "--server", f"{server}/v1", *args, "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert "server answered 404 not_found" in error and "give the service's root URL" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_client_run_names_the_frame_a_lost_session_failed_at(tracker, loopback, videos, tmp_path, capsys):
+    """The session closed under a running client-run: its error names the frame and the masks written, and the
+    clean-up's own failure (the session is gone) does not replace it."""
+    from kmnrt.cli import main
+    from kmnrt.service import ops
+    from kmnrt.service.app import create_app
+    from kmnrt.service.settings import ServiceSettings
+
+    app = create_app(ServiceSettings(warmup=False), tracker=tracker)
+    args = _frames_and_mask(videos(320, 40), tmp_path)
+    codes = []
+    with loopback(app) as url:
+        ctx = app.state.ctx
+        runner = threading.Thread(target=lambda: codes.append(main(["client-run", "--server", url, *args, "--out",
+                                                                    str(tmp_path / "out")])))
+        runner.start()
+        while not any(session.frames_done >= 3 for session in ctx.registry.open_sessions()):
+            assert runner.is_alive()
+            runner.join(0.01)
+        ops.close_session(ctx, ctx.registry.open_sessions()[0].id)
+        runner.join(60)
+    assert codes == [2]
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    written = len(list((tmp_path / "out").glob("*.png")))
+    assert re.fullmatch(rf"error: frame {written} \({written:05d}\): server answered 410 session_closed_by_client: "
+                        rf".+; the masks of the {written} frames before it are in {re.escape(str(tmp_path / 'out'))}",
+                        error), error
+
+
+def test_websocket_limits_and_shutdown_over_a_real_server(tracker, loopback, videos):
+    """uvicorn cuts WebSocket messages itself only far above the protocol's limit, so a message over that limit
+    gets the protocol's 413 error and the session goes on; a JSON frame may be base64's 4/3 of a binary one; a
+    session the server's shutdown ends is counted as such."""
+    import base64
+    import json
+
+    from websockets.sync.client import connect
+
+    from kmnrt.client import encode_frame, encode_mask_png
+    from kmnrt.service.app import create_app
+    from kmnrt.service.settings import ServiceSettings
+
+    limit = 20_000
+    app = create_app(ServiceSettings(warmup=False, max_body_mb=limit / 2**20), tracker=tracker)
+    clip = videos(330, 3)
+    noise = encode_frame(np.random.default_rng(0).integers(0, 256, clip.frames[1].shape, dtype=np.uint8))
+    assert len(noise) <= limit < len(base64.b64encode(noise))  # a frame REST takes, base64 makes it larger
+    server = loopback(app)
+    url = server.__enter__()
+    with connect(url.replace("http", "ws") + "/v1/stream", max_size=None) as ws:
+        ws.send(json.dumps({"type": "start", "frame": base64.b64encode(encode_frame(clip.frames[0])).decode(),
+                            "mask": base64.b64encode(encode_mask_png(clip.mask)).decode()}))
+        assert json.loads(ws.recv())["type"] == "started"
+        ws.send(b"x" * (limit + 1))
+        error = json.loads(ws.recv())
+        assert error["error"]["code"] == "body_too_large" and not error["fatal"]
+        assert f"a binary message of {limit + 1} bytes exceeds the server's limit of {limit} bytes" in \
+            error["error"]["message"]
+        ws.send(json.dumps({"type": "frame", "frame_index": 1, "frame": base64.b64encode(noise).decode()}))
+        assert json.loads(ws.recv())["type"] == "masks"
+        ws.send(encode_frame(clip.frames[2]))
+        assert json.loads(ws.recv())["type"] == "masks"
+        server.__exit__()  # the server stops under the open session
+    metrics = app.state.ctx.metrics.render().decode()
+    assert 'kmnrt_sessions_closed_total{reason="server_shutdown"} 1.0' in metrics
+    assert 'kmnrt_errors_total{code="body_too_large"} 1.0' in metrics

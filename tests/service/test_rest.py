@@ -89,8 +89,16 @@ def test_client_faults_answer_4xx_and_the_server_keeps_serving(make_client, vide
                      data={"frame_index": "zero"}), 422, "invalid_request")
     _error(_frame(http, "no-such-session", 1, video.frames[1]), 404, "session_not_found")
     _error(http.get("/v1/nothing-here"), 404, "not_found")
+    # every frame of the session refused above counts (a body refused before it is read is no frame yet)
+    assert 'kmnrt_frames_total{outcome="rejected"} 4.0' in http.get("/metrics").text
     # bad masks at creation: ids missing from the mask, no object at all, wrong size, RGB, malformed RLE
     _error(_create(http, video, object_ids=[99]), 400, "invalid_input")
+    assert _error(_create(http, video, object_ids=[]), 400, "invalid_input")["message"] == \
+        "options: object_ids is empty: leave it out to track every object of the mask"
+    as_file = http.post("/v1/sessions", files={"frame": ("f.png", _png(video.frames[0])), "mask": (
+        "m.png", encode_mask_png(video.mask)), "options": ("opts.json", b"{}")})  # curl -F options=@opts.json
+    assert "send options as a text field, not a file: curl -F 'options=<file.json'" in _error(
+        as_file, 422, "invalid_request")["message"]
     empty = type(video)(video.frames, np.zeros_like(video.mask))
     _error(_create(http, empty), 400, "invalid_input")
     small = type(video)(video.frames, video.mask[:30])
@@ -144,6 +152,15 @@ def test_rle_mask_input_and_objects_added_and_removed(make_client, videos, track
     assert "exceed the maximum" in refusal and "/" not in refusal  # the server's bundle path is not the client's
     added = client.add_objects(session_id, 1, video.frames[1], new_mask)
     assert added.object_ids == ids + [9]
+    retried = client.add_objects(session_id, 1, video.frames[1], new_mask)  # a retry: the same answer
+    assert retried.cached and np.array_equal(retried.labels, added.labels)
+    other = new_mask.copy()
+    other[:5, :5] = 11  # other objects at an index already sent would be ignored by the cached answer: refused
+    with pytest.raises(ServiceClientError, match="frame_index 1 was already sent with other new objects; add the "
+                       "objects with the next frame, index 2") as raised:
+        client.add_objects(session_id, 1, video.frames[1], other)
+    assert raised.value.code == "frame_already_sent" and raised.value.status == 409
+    _error(_frame(http, session_id, 1, video.frames[1]), 409, "frame_already_sent")  # a plain frame there too
     # the same through the runtime directly
     state = tracker.start(video.frames[0], video.mask)
     assert np.array_equal(added.labels, tracker.add_objects(state, video.frames[1], new_mask).mask)
@@ -152,6 +169,9 @@ def test_rle_mask_input_and_objects_added_and_removed(make_client, videos, track
     tracker.remove_object(state, 9)
     assert np.array_equal(client.send_frame(session_id, 2, video.frames[2]).labels,
                           tracker.step(state, video.frames[2]).mask)
+    with pytest.raises(ServiceClientError, match="frame_index 2 was already sent as a plain frame; add the objects "
+                       "with the next frame, index 3"):
+        client.add_objects(session_id, 2, video.frames[2], new_mask)  # noticed late: the next frame carries them
     _error(http.delete(f"/v1/sessions/{session_id}/objects/42"), 404, "object_not_found")
     for object_id in ids[:-1]:
         client.remove_object(session_id, object_id)

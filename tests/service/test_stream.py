@@ -99,6 +99,7 @@ def test_stream_requires_token(make_client, videos):
         raise AssertionError("the handshake should have been refused")
     except WebSocketDisconnect as exc:
         assert exc.code == 1008
+    assert 'kmnrt_errors_total{code="unauthorized"} 1.0' in http.get("/metrics").text  # counted as over REST
     with http.websocket_connect("/v1/stream", headers={"Authorization": "Bearer t0ken"}) as ws:
         ws.send_json({"type": "close"})
 

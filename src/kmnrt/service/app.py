@@ -120,6 +120,7 @@ class BearerAuthMiddleware:
         if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token):
             return await self.app(scope, receive, send)
         if scope["type"] == "websocket":  # refusing the handshake answers HTTP 403
+            count_error(scope.get("app"), "unauthorized")
             await receive()
             return await send({"type": "websocket.close", "code": 1008})
         response = _error_response(401, "unauthorized", "missing or wrong bearer token: send 'Authorization: "
@@ -147,6 +148,16 @@ def capacity(settings: ServiceSettings, session_bytes: int, batch_bytes: int) ->
                              f"(batch of {largest_batch(settings)}) take {batch_bytes / 2**20:.1f} MiB and one session "
                              f"{session_bytes / 2**20:.1f} MiB; raise --memory-budget-mb or lower --max-batch")
     return min(by_memory, settings.max_sessions) if settings.max_sessions else by_memory
+
+
+def server_options(settings: ServiceSettings) -> dict:
+    """uvicorn's settings for this service (``kmnrt serve`` and the test server alike): no access log (the
+    metrics count requests), WebSocket messages cut by the transport only well above the protocol's own limit (which
+    answers 413 ``body_too_large``), the drain's grace."""
+    from kmnrt.service.stream import transport_message_limit
+
+    return {"access_log": False, "ws_max_size": transport_message_limit(settings.max_body_bytes),
+            "timeout_graceful_shutdown": int(settings.shutdown_grace_s)}
 
 
 def largest_batch(settings: ServiceSettings) -> int:
@@ -203,6 +214,7 @@ def create_app(settings: ServiceSettings, tracker: Tracker | None = None) -> Fas
                   "device. Errors are `{\"error\": {\"code\", \"message\"}}`. WebSocket `/v1/stream`: see "
                   "docs/service.md.",
                   responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 413: {"model": ErrorBody}})
+    app.state.settings = settings  # before start-up too: how to run it (server_options)
     app.add_middleware(BodyGuardMiddleware, limit=settings.max_body_bytes, idle_timeout=settings.body_timeout_s)
     app.add_middleware(BearerAuthMiddleware, token=settings.token)  # added last = runs first
     _install_error_handlers(app)

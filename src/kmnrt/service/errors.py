@@ -22,5 +22,14 @@ def bad_input(message: str, code: str = "invalid_input") -> ServiceError:
 def validation_problems(errors: list[dict]) -> str:
     """Pydantic's errors as one line, ``field.sub: message; ...``; an error of the whole text (invalid JSON) has no
     location, so it reads as its message alone."""
-    lines = (f"{'.'.join(str(part) for part in error.get('loc', ()))}: {error.get('msg')}" for error in errors)
+    lines = (f"{'.'.join(str(part) for part in error.get('loc', ()))}: {error.get('msg')}{_hint(error)}"
+             for error in errors)
     return "; ".join(line.removeprefix(": ") for line in lines)
+
+
+def _hint(error: dict) -> str:
+    loc = error.get("loc", ())
+    if error.get("type") == "string_type" and len(loc) == 2 and loc[0] == "body":  # a text form field sent as a file
+        field = loc[1]
+        return f" (send {field} as a text field, not a file: curl -F '{field}=<file.json', not -F {field}=@file.json)"
+    return ""

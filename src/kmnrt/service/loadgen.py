@@ -90,12 +90,16 @@ def main(argv: list[str] | None = None) -> int:
 class serve_in_thread:
     """``with serve_in_thread(app) as url``: a real uvicorn server on 127.0.0.1 (an ephemeral port) in a thread,
     returned once ``/v2/health/ready`` answers 200 (``wait_ready=False``: once it listens, e.g. to watch the
-    warm-up); it shuts down gracefully on exit (the app's lifespan drains its worker)."""
+    warm-up); it shuts down gracefully on exit (the app's lifespan drains its worker). uvicorn is set up as
+    ``kmnrt serve`` sets it up for ``app.state.settings``."""
 
     def __init__(self, app, wait_ready: bool = True, timeout_s: float = 120):
         import uvicorn
 
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        from kmnrt.service.app import server_options
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                                    **server_options(app.state.settings)))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.wait_ready = wait_ready
         self.timeout_s = timeout_s

@@ -4,6 +4,7 @@ queue device work, and shape answers. Decoding and encoding run in the thread po
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
+from kmnrt.errors import UserInputError
 from kmnrt.framing import mask_size_mismatch
 from kmnrt.service.errors import ServiceError, bad_input
 from kmnrt.service.masks import decode_frame, decode_mask_png, encode_labels, rle_objects_to_labels
@@ -31,6 +33,8 @@ async def create_session(ctx: ServiceContext, frame_bytes: bytes, mask_png: byte
                          options: SessionOptions) -> dict:
     """A new session from its first frame and index mask. -> ``SessionCreated`` fields."""
     settings = ctx.settings
+    if options.object_ids == []:  # the runtime's own message speaks of its Python API (None)
+        raise bad_input("options: object_ids is empty: leave it out to track every object of the mask")
     frame = await run_in_threadpool(decode_frame, frame_bytes, settings.max_frame_pixels, "frame 0")
     mask = await _decode_mask(ctx, mask_png, mask_rle, frame.shape[:2], "mask of frame 0")
     session = ctx.registry.reserve(frame.shape[:2], options.mask_format or settings.mask_format,
@@ -75,24 +79,34 @@ async def run_frame(ctx: ServiceContext, session_id: str, index: int, frame_byte
 async def queue_frame(ctx: ServiceContext, session_id: str, index: int, frame_bytes: bytes,
                       new_objects: NewObjects | None = None) -> tuple[Session, Future, bool]:
     """Decode and check a frame, then queue it (its index is checked in the order of these calls' ends).
-    -> (session, future of the outcome, whether it repeats an earlier index)."""
-    session = ctx.registry.get(session_id)
+    -> (session, future of the outcome, whether it repeats an earlier index). A frame refused here (bad image or
+    mask, wrong size, index or queue) counts as ``rejected``."""
+    session = ctx.registry.get(session_id)  # an unknown or closed session is no frame of one
+    try:
+        return session, *await _checked_and_queued(ctx, session, index, frame_bytes, new_objects)
+    except (ServiceError, UserInputError) as exc:
+        if not (isinstance(exc, ServiceError) and exc.status in (410, 503)):  # the session or server, not the frame
+            ctx.metrics.frames.labels("rejected").inc()
+        raise
+
+
+async def _checked_and_queued(ctx: ServiceContext, session: Session, index: int, frame_bytes: bytes,
+                              new_objects: NewObjects | None) -> tuple[Future, bool]:
     where = f"frame {index}"
     frame = await run_in_threadpool(decode_frame, frame_bytes, ctx.settings.max_frame_pixels, where)
     if frame.shape[:2] != session.frame_size:
-        ctx.metrics.frames.labels("rejected").inc()
         h, w = session.frame_size
         raise bad_input(f"{where} is {frame.shape[1]}x{frame.shape[0]}, but this session's frames are {w}x{h} "
                         f"(width x height)", "wrong_frame_size")
-    call = None
-    if new_objects is not None:
-        mask = await _decode_mask(ctx, new_objects.png, new_objects.rle, session.frame_size, f"mask of {where}")
+    if new_objects is None:
+        return ctx.worker.submit_frame(session, index, frame)
+    mask = await _decode_mask(ctx, new_objects.png, new_objects.rle, session.frame_size, f"mask of {where}")
 
-        def call(tracker, session: Session):
-            return tracker.add_objects(session.state, frame, mask, keep_probs=False)
+    def call(tracker, session: Session):
+        return tracker.add_objects(session.state, frame, mask, keep_probs=False)
 
-    future, cached = ctx.worker.submit_frame(session, index, frame, call)
-    return session, future, cached
+    # the digest tells a retry of this request (the cached answer) from other objects at an index already sent
+    return ctx.worker.submit_frame(session, index, frame, call, hashlib.sha256(mask.tobytes()).hexdigest())
 
 
 async def frame_answer(ctx: ServiceContext, session: Session, index: int, future: Future, cached: bool) -> dict:

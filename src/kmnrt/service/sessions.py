@@ -62,7 +62,8 @@ class Session:
     pending: deque[Job] = field(default_factory=deque)
     in_flight: bool = False
     closed_reason: str | None = None
-    recent: OrderedDict[int, Future] = field(default_factory=OrderedDict)
+    # the last answers by frame_index: (future, the digest of the objects it added, None for a plain frame)
+    recent: OrderedDict[int, tuple[Future, str | None]] = field(default_factory=OrderedDict)
 
     @property
     def expires_at(self) -> float:
@@ -72,11 +73,20 @@ class Session:
     def busy(self) -> bool:
         return self.in_flight or bool(self.pending)
 
-    def admit_frame(self, index: int, queue_depth: int) -> tuple[Future | None, list[Job]]:
-        """Check a frame's index and the queue policy (lock held). -> (the earlier future if ``index`` repeats a
-        recent frame, jobs the ``latest`` policy dropped to make room). Raises 409/429 ServiceErrors."""
+    def admit_frame(self, index: int, queue_depth: int,
+                    objects: str | None = None) -> tuple[Future | None, list[Job]]:
+        """Check a frame's index and the queue policy (lock held); ``objects``: a digest of the mask of the objects
+        the frame adds, None for a plain frame. -> (the earlier future if ``index`` repeats a recent frame, jobs
+        the ``latest`` policy dropped to make room). Raises 409/429 ServiceErrors."""
         if index in self.recent:
-            return self.recent[index], []
+            earlier, added = self.recent[index]
+            if added != objects:  # not a retry: the earlier answer would ignore (or hold) other objects
+                sent = "as a plain frame" if added is None else "with other new objects" if objects else \
+                    "with new objects"
+                raise ServiceError(409, "frame_already_sent", f"frame_index {index} was already sent {sent}; "
+                                   f"{'add the objects with' if objects else 'send'} the next frame, index "
+                                   f"{self.next_index}")
+            return earlier, []
         if index < self.next_index:
             raise ServiceError(409, "frame_too_old", f"frame_index {index} lies behind this session, which takes "
                                f"{self.next_index} next; an earlier index can only repeat one of the last "
@@ -99,9 +109,9 @@ class Session:
             self.frames_dropped += 1
         return None, dropped
 
-    def remember(self, index: int, future: Future) -> None:
+    def remember(self, index: int, future: Future, objects: str | None = None) -> None:
         self.next_index = index + 1
-        self.recent[index] = future
+        self.recent[index] = (future, objects)
         while len(self.recent) > RECENT_FRAMES:
             self.recent.popitem(last=False)
 

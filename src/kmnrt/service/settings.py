@@ -40,7 +40,7 @@ class ServiceSettings:
         queue_policy: default policy when that queue is full: ``block`` (429) or ``latest`` (drop the stale one).
         max_batch: most sessions' frames per query-encoder call (1 disables cross-session batching).
         max_delay_ms: how long the worker waits for more sessions' frames before running a partial batch.
-        max_body_mb: largest request body (and WebSocket message) accepted.
+        max_body_mb: largest request body (and binary WebSocket message; JSON ones may be 4/3 of it) accepted.
         body_timeout_s: a request body that stops arriving for this long is refused (408), its connection freed.
         max_frame_pixels: largest frame (width x height) accepted.
         mask_format: default mask format of answers.

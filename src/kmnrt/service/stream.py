@@ -21,11 +21,25 @@ from kmnrt.service.errors import ServiceError, bad_input, validation_problems
 from kmnrt.service.masks import b64decode
 from kmnrt.service.metrics import count_error
 from kmnrt.service.schemas import CLIENT_MESSAGES, WsAddObjects, WsClose, WsFrame, WsStart
+from kmnrt.service.sessions import CloseReason
 
 if TYPE_CHECKING:
     from kmnrt.service.app import ServiceContext
 
 stream_router = APIRouter()
+SERVER_RESTART = 1012  # the close code of a server that stops (RFC 6455 "service restart")
+
+
+def json_message_limit(body_limit: int) -> int:
+    """The largest JSON message: base64 makes a frame 4/3 of its bytes, so a frame that fits a REST body (and a
+    binary message) fits a JSON message too, with room for the fields around it."""
+    return body_limit * 4 // 3 + 64 * 1024
+
+
+def transport_message_limit(body_limit: int) -> int:
+    """uvicorn's ``ws_max_size``: above the limits checked here, so that a message over them gets this protocol's
+    413 ``body_too_large`` error, not a bare close; beyond it the connection is closed (1009, message too big)."""
+    return 2 * json_message_limit(body_limit)
 
 
 @stream_router.websocket("/v1/stream")
@@ -33,6 +47,7 @@ async def stream(ws: WebSocket) -> None:
     ctx: ServiceContext = ws.app.state.ctx
     await ws.accept()
     session_id: str | None = None
+    reason = CloseReason.CLIENT
     outbox: asyncio.Queue = asyncio.Queue()
     sender: asyncio.Task | None = None
     try:
@@ -67,14 +82,15 @@ async def stream(ws: WebSocket) -> None:
                 await done  # answer sent: read the next message
         await outbox.put(None)
         await sender
-    except WebSocketDisconnect:
-        pass
+    except WebSocketDisconnect as exc:
+        if exc.code == SERVER_RESTART:  # uvicorn closes every WebSocket this way when the server stops
+            reason = CloseReason.SHUTDOWN
     finally:
         if sender is not None and not sender.done():
             sender.cancel()
         if session_id is not None:
             try:
-                ops.close_session(ctx, session_id)
+                ops.close_session(ctx, session_id, reason)
             except ServiceError:
                 pass  # already expired or evicted
         if ws.client_state.name == "CONNECTED":
@@ -92,9 +108,10 @@ async def _receive(ws: WebSocket, ctx: ServiceContext):
     data = message.get("bytes")
     text = message.get("text")
     size = len(data if data is not None else (text or "").encode())
-    if size > ctx.settings.max_body_bytes:
-        raise ServiceError(413, "body_too_large", f"a message of {size} bytes exceeds the server's limit of "
-                           f"{ctx.settings.max_body_bytes} bytes")
+    limit = ctx.settings.max_body_bytes if data is not None else json_message_limit(ctx.settings.max_body_bytes)
+    if size > limit:
+        raise ServiceError(413, "body_too_large", f"a {'binary' if data is not None else 'JSON'} message of {size} "
+                           f"bytes exceeds the server's limit of {limit} bytes")
     if data is not None:
         return data
     try:

@@ -124,18 +124,20 @@ class DeviceWorker:
 
     # --- submission (any thread) --------------------------------------------------------------------------------
 
-    def submit_frame(self, session: Session, index: int, frame: np.ndarray, call=None) -> tuple[Future, bool]:
+    def submit_frame(self, session: Session, index: int, frame: np.ndarray, call=None,
+                     objects: str | None = None) -> tuple[Future, bool]:
         """Queue frame ``index`` of ``session`` (``call``: run it as a call instead of a batched step, e.g. adding
-        objects). -> (future of a FrameOutcome or DROPPED, whether it repeats an earlier index)."""
+        the objects whose mask has the digest ``objects``). -> (future of a FrameOutcome or DROPPED, whether it
+        repeats an earlier index)."""
         with self._lock:
             self._check_open(session)
-            earlier, dropped = session.admit_frame(index, self.queue_depth)
+            earlier, dropped = session.admit_frame(index, self.queue_depth, objects)
             if earlier is not None:
                 return earlier, True
             future: Future = Future()
             kind = "step" if call is None else "call"
             self._enqueue(Job(session, kind, future, time.perf_counter(), frame, call, index))
-            session.remember(index, future)
+            session.remember(index, future, objects)
         for job in dropped:  # counted before answered, so a client that saw the answer sees it in /metrics
             self.metrics.frames.labels("dropped").inc()
             settle(job.future, DROPPED)
