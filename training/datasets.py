@@ -84,9 +84,10 @@ def read_training_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, n
     pixels as stored (COCO was annotated in browsers that ignored it): either way the pair lines up. A square
     photo fits both ways and is turned."""
     from kmnrt.data import read_image, read_label_png
+    from kmnrt.data.palette import without_void
 
     try:
-        image, mask = read_image(image_path), read_label_png(mask_path)
+        image, mask = read_image(image_path), without_void(read_label_png(mask_path))[0]  # void: no object
     except UserInputError as exc:
         raise UnusableTrainingFile(str(exc)) from None
     if image.shape[:2] != mask.shape:

@@ -25,6 +25,7 @@ def track_and_score(model: KMN, data: str | os.PathLike[str], predictions: str |
     from tqdm import tqdm
 
     from kmnrt.data import find_sequences, open_sequence_frames, read_annotation, write_label_png
+    from kmnrt.data.palette import without_void
     from kmnrt.evaluation import evaluate_folders
     from kmnrt.model.reference import ReferenceTracker
 
@@ -32,7 +33,7 @@ def track_and_score(model: KMN, data: str | os.PathLike[str], predictions: str |
     runner = ReferenceTracker(model, tracker)
     for sequence in sequences:
         source = open_sequence_frames(sequence)
-        first_mask = read_annotation(sequence, sequence.annotation_names[0])
+        first_mask = without_void(read_annotation(sequence, sequence.annotation_names[0]))[0]
         folder = Path(predictions) / sequence.name
         folder.mkdir(parents=True, exist_ok=True)
         frames = (frame for _, frame in source)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kmnrt.data import DAVIS_PALETTE, colorize_labels, read_label_png, read_masks, write_label_png
+from kmnrt.data import DAVIS_PALETTE, colorize_labels, read_label_png, read_masks, read_tracking_mask, write_label_png
+from kmnrt.data.palette import without_void
 from kmnrt.errors import KmnrtWarning, UserInputError
 
 
@@ -67,10 +68,18 @@ def test_davis_2016_masks_read_as_object_1(shared_vos, tmp_path) -> None:
     assert (read_label_png(tmp_path / "binary.png") == (binary == 255)).all()
 
 
-def test_grayscale_with_other_ids_treats_255_as_void(tmp_path) -> None:
+def test_255_beside_other_ids_is_void_whatever_the_png_mode(tmp_path) -> None:
+    """Read as stored (the evaluation counts it as background); a tracker leaves it out, with a warning, for a
+    grayscale PNG as for a palette one."""
     values = np.array([[0, 1, 2], [255, 2, 1]], np.uint8)
-    Image.fromarray(values, mode="L").save(tmp_path / "multi.png")
-    assert read_label_png(tmp_path / "multi.png").tolist() == [[0, 1, 2], [0, 2, 1]]
+    Image.fromarray(values, mode="L").save(tmp_path / "gray.png")
+    write_label_png(tmp_path / "palette.png", values)
+    for name in ("gray.png", "palette.png"):
+        assert read_label_png(tmp_path / name).tolist() == values.tolist()
+        with pytest.warns(KmnrtWarning, match=rf"{name}: its 1 pixels of value 255, DAVIS's void label, are not "
+                          "tracked as an object"):
+            assert read_tracking_mask(tmp_path / name).tolist() == [[0, 1, 2], [0, 2, 1]]
+    assert without_void(np.array([[0, 255]], np.uint8))[0].tolist() == [[0, 255]]  # 255 alone is the object
 
 
 def test_rgb_masks_map_back_through_the_palette(tmp_path) -> None:

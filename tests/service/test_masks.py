@@ -101,9 +101,20 @@ def test_a_header_that_claims_a_huge_image_is_413_for_frames_and_masks(side, rec
     assert not recwarn.list  # nothing printed past the JSON logs
 
 
-def test_decode_mask_png_reads_ids_and_refuses_rgb():
+def test_decode_mask_png_reads_ids_as_the_commands_read_mask_files():
+    """The same rules as kmnrt run's masks: DAVIS's 0/255 masks are object 1, void 255 beside other ids is not
+    an object, DAVIS colours map back to ids; other colours and JPEGs are refused."""
+    from kmnrt.data import colorize_labels
+    from kmnrt.service.masks import encode_png
+
     labels = np.array([[0, 1], [2, 200]], np.uint8)
     assert np.array_equal(decode_mask_png(_png(labels, "L"), 100, "m"), labels)
+    binary = np.array([[0, 255], [255, 0]], np.uint8)
+    assert decode_mask_png(_png(binary, "L"), 100, "m").tolist() == [[0, 1], [1, 0]]
+    void = np.array([[3, 255], [7, 0]], np.uint8)
+    for png in (_png(void, "L"), encode_png(void)):  # grayscale, palette
+        assert decode_mask_png(png, 100, "m").tolist() == [[3, 0], [7, 0]]
+    assert np.array_equal(decode_mask_png(_png(colorize_labels(labels)), 100, "m"), labels)
     with pytest.raises(ServiceError) as raised:
-        decode_mask_png(_png(np.zeros((2, 2, 3), np.uint8)), 100, "m")
-    assert raised.value.code == "invalid_mask"
+        decode_mask_png(_png(np.full((2, 2, 3), 7, np.uint8)), 100, "m")
+    assert raised.value.code == "invalid_mask" and "not in the DAVIS palette" in raised.value.message

@@ -80,14 +80,7 @@ def write_label_png(path: str | os.PathLike[str], labels: np.ndarray) -> None:
 
 
 def read_label_png(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read a mask PNG as an ``[H, W]`` uint8 array of object ids.
-
-    - Palette ("P") PNG: the raw indices (255 stays 255; callers that follow DAVIS treat it as void).
-    - Grayscale ("L", 16-bit or 1-bit): the values. If they are exactly {0, 255} or {255}, the file is a
-      DAVIS-2016 binary mask and 255 becomes object 1. Otherwise 255 is DAVIS void and becomes 0.
-    - RGB/RGBA: each colour mapped back through :data:`DAVIS_PALETTE` (alpha ignored); a colour outside
-      the palette is an error.
-    - JPEG: an error. Its lossy compression blurs every edge into stray values, each of which would be an object.
+    """Read a mask PNG as an ``[H, W]`` uint8 array of object ids (:func:`labels_from_image`).
 
     Raises:
         UserInputError: the file is missing, unreadable, not an image, or not a label mask.
@@ -95,12 +88,9 @@ def read_label_png(path: str | os.PathLike[str]) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as image:
-            if image.format in ("JPEG", "MPO"):
-                raise UserInputError(f"mask {path} is a JPEG: its lossy compression turns the edges of objects into "
-                                     "stray ids; save masks as PNG (indexed or grayscale, values = object ids)")
+            refuse_jpeg_mask(image, f"mask {path}")
             image.load()
-            mode = image.mode
-            pixels = np.asarray(image)
+            return labels_from_image(image, f"mask {path}")
     except FileNotFoundError:
         raise UserInputError(f"mask file {path} does not exist") from None
     except IsADirectoryError:
@@ -108,23 +98,41 @@ def read_label_png(path: str | os.PathLike[str]) -> np.ndarray:
     except (OSError, SyntaxError, ValueError) as exc:  # PIL reports damaged files with all three
         raise UserInputError(f"cannot read mask {path}: {exc}; it must be a PNG label mask") from exc
 
+
+def refuse_jpeg_mask(image: Image.Image, where: str) -> None:
+    if image.format in ("JPEG", "MPO"):
+        raise UserInputError(f"{where} is a JPEG: its lossy compression turns the edges of objects into stray ids; "
+                             "save masks as PNG (indexed or grayscale, values = object ids)")
+
+
+def labels_from_image(image: Image.Image, where: str) -> np.ndarray:
+    """A decoded mask image as ``[H, W]`` uint8 object ids (``where`` names it in errors). What every reader of
+    masks (files, the service's uploads) shares:
+
+    - Palette ("P"): the raw indices.
+    - Grayscale ("L", 16-bit or 1-bit): the values; exactly {0, 255} or {255} is a DAVIS-2016 binary mask, whose
+      object becomes 1.
+    - RGB/RGBA: each colour mapped back through :data:`DAVIS_PALETTE` (alpha ignored); a colour outside the
+      palette is an error.
+
+    255 beside other ids stays 255: DAVIS's void label, which trackers leave out (:func:`without_void`) and the
+    evaluation counts as background.
+    """
+    mode, pixels = image.mode, np.asarray(image)
     if mode == "P":
         return pixels.astype(np.uint8, copy=False)
     if mode in ("L", "LA", "1", "I", "I;16", "I;16B", "I;16L"):
         values = pixels[..., 0] if pixels.ndim == 3 else pixels
         if values.dtype != np.uint8:
             if values.size and (values.min() < 0 or values.max() > 255):
-                raise UserInputError(
-                    f"mask {path} holds values outside 0..255 ({int(values.min())}..{int(values.max())}); "
-                    "object ids must fit 0..255"
-                )
+                raise UserInputError(f"{where} holds values outside 0..255 ({int(values.min())}..{int(values.max())})"
+                                     "; object ids must fit 0..255")
             values = values.astype(np.uint8)
         return _grayscale_to_ids(values)
     if mode in ("RGB", "RGBA"):
-        return _colours_to_ids(pixels[..., :3], path)
-    raise UserInputError(
-        f"mask {path} has image mode {mode!r}; expected an indexed (palette) or grayscale PNG of object ids"
-    )
+        return _colours_to_ids(pixels[..., :3], where)
+    raise UserInputError(f"{where} has image mode {mode!r}; expected an indexed (palette) or grayscale PNG of "
+                         "object ids")
 
 
 def read_masks(mask_path: Path, frame_names: list[str]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
@@ -153,15 +161,23 @@ def read_masks(mask_path: Path, frame_names: list[str]) -> tuple[np.ndarray, dic
 
 
 def read_tracking_mask(path: Path) -> np.ndarray:
-    """A mask PNG as the trackers take it: DAVIS's void value 255 beside other ids is not an object (the
-    evaluation ignores it too), and a warning says so; 255 alone is the object."""
-    mask = read_label_png(path)
+    """A mask PNG as the trackers take it (:func:`without_void`), with a warning when void pixels were left out."""
+    mask, void = without_void(read_label_png(path))
+    if void:
+        warnings.warn(f"mask {path}: its {void} pixels of value 255, DAVIS's void label, are not tracked as an "
+                      f"object", KmnrtWarning, stacklevel=3)
+    return mask
+
+
+def without_void(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """The objects a tracker starts from: DAVIS's void value 255 beside other ids is not an object (the evaluation
+    counts it as background), so it becomes background; 255 alone (with background only) is the object.
+    -> (mask, the number of void pixels left out)."""
     void = mask == DAVIS_VOID
-    if not void.any() or void.sum() + (mask == 0).sum() == mask.size:
-        return mask
-    warnings.warn(f"mask {path}: its {int(void.sum())} pixels of value 255, DAVIS's void label, are not tracked as "
-                  f"an object", KmnrtWarning, stacklevel=3)
-    return np.where(void, 0, mask).astype(np.uint8)
+    count = int(void.sum())
+    if not count or count + int((mask == 0).sum()) == mask.size:
+        return mask, 0
+    return np.where(void, 0, mask).astype(np.uint8), count
 
 
 def _grayscale_to_ids(values: np.ndarray) -> np.ndarray:
@@ -169,13 +185,10 @@ def _grayscale_to_ids(values: np.ndarray) -> np.ndarray:
     if counts[255] and not counts[1:255].any():
         # DAVIS 2016 stores its single object as 255.
         return (values == 255).astype(np.uint8)
-    if counts[255]:
-        values = values.copy()
-        values[values == DAVIS_VOID] = 0
     return values
 
 
-def _colours_to_ids(rgb: np.ndarray, path: Path) -> np.ndarray:
+def _colours_to_ids(rgb: np.ndarray, where: str) -> np.ndarray:
     packed = rgb.astype(np.int32) @ np.array([1 << 16, 1 << 8, 1], dtype=np.int32)
     position = np.searchsorted(_PACKED_SORTED, packed).clip(max=255)
     known = _PACKED_SORTED[position] == packed
@@ -183,7 +196,7 @@ def _colours_to_ids(rgb: np.ndarray, path: Path) -> np.ndarray:
         y, x = np.argwhere(~known)[0]
         colour = tuple(int(c) for c in rgb[y, x])
         raise UserInputError(
-            f"mask {path} is an RGB image with colour {colour} (at x={x}, y={y}) that is not in the DAVIS "
+            f"{where} is an RGB image with colour {colour} (at x={x}, y={y}) that is not in the DAVIS "
             "palette; save masks as indexed (palette) or grayscale PNGs whose values are the object ids"
         )
     return _PACKED_ORDER[position].astype(np.uint8)

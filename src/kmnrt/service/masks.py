@@ -18,6 +18,7 @@ import zlib
 
 import numpy as np
 
+from kmnrt.errors import UserInputError
 from kmnrt.service.errors import ServiceError, bad_input
 
 IMAGE_FORMATS = ("JPEG", "PNG")
@@ -40,16 +41,23 @@ def decode_frame(data: bytes, max_pixels: int, where: str) -> np.ndarray:
 
 
 def decode_mask_png(data: bytes, max_pixels: int, where: str) -> np.ndarray:
-    """An indexed or grayscale PNG of object ids -> [H, W] uint8 (values are the ids; colours are ignored)."""
+    """A PNG of object ids -> [H, W] uint8 ids to track, read as every kmnrt command reads a mask file
+    (:func:`kmnrt.data.palette.labels_from_image`: palette indices, grayscale values with a 0/255 mask as object
+    1, DAVIS colours), DAVIS's void 255 beside other ids left out (:func:`kmnrt.data.palette.without_void`)."""
+    from kmnrt.data.palette import labels_from_image, without_void
+
     image = _open_image(data, where, max_pixels)
-    if image.format != "PNG" or image.mode not in ("P", "L", "1"):
-        raise bad_input(f"{where}: a mask must be an indexed (palette) or 8-bit grayscale PNG whose pixel values "
-                        f"are the object ids, got a {image.format} of mode {image.mode}", "invalid_mask")
+    if image.format != "PNG":
+        raise bad_input(f"{where}: a mask must be a PNG (indexed, grayscale or in DAVIS colours) whose pixel values "
+                        f"are the object ids, got a {image.format}", "invalid_mask")
     try:
         image.load()
     except (OSError, SyntaxError, ValueError) as exc:
         raise bad_input(f"{where}: the PNG data is damaged ({exc})", "corrupt_image") from exc
-    return np.asarray(image, dtype=np.uint8)
+    try:
+        return without_void(labels_from_image(image, where))[0]
+    except UserInputError as exc:
+        raise bad_input(str(exc), "invalid_mask") from None
 
 
 def _open_image(data: bytes, where: str, max_pixels: int):
