@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -201,8 +201,17 @@ def load_runner(bundle_dir: str | os.PathLike, manifest: Manifest, backend: str 
     return runner
 
 
-def check_graph_io(graph: str, expected: list[str], found: list[str], where: str) -> None:
-    """A graph file whose inputs/outputs are not the manifest's is a damaged or foreign bundle."""
-    if sorted(expected) != sorted(found):
+def check_graph_io(graph: str, expected: list[dict], found: dict[str, Sequence], where: str) -> None:
+    """A graph file whose inputs or outputs are not the manifest's (``expected``: its tensor records; ``found``:
+    the file's tensor names and shapes) is a damaged or foreign bundle: a graph of another size or config would
+    otherwise fail at its first frame with the engine's own error. A manifest's symbolic dims (N, T, ...) match any
+    dim; its numbers only the same number."""
+    if sorted(t["name"] for t in expected) != sorted(found):
         raise BundleError(f"{where}: graph {graph} has tensors {sorted(found)}, the manifest says "
-                          f"{sorted(expected)}; rebuild the bundle with `kmnrt export`")
+                          f"{sorted(t['name'] for t in expected)}; rebuild the bundle with `kmnrt export`")
+    for tensor in expected:
+        shape = [d if isinstance(d, int) and d >= 0 else "?" for d in found[tensor["name"]]]
+        wanted = list(tensor["shape"])
+        if len(shape) != len(wanted) or any(isinstance(w, int) and w != d for w, d in zip(wanted, shape)):
+            raise BundleError(f"{where}: tensor {tensor['name']} of graph {graph} has shape {shape}, the manifest "
+                              f"says {wanted} (a graph of another bundle?); rebuild the bundle with `kmnrt export`")

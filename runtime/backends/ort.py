@@ -100,10 +100,8 @@ class OrtRunner(BaseRunner):
                     f"ONNX Runtime did not enable {CUDA_PROVIDER} for {path.name} (providers in use: "
                     f"{', '.join(session.get_providers())}); refusing to fall back to the CPU silently. Check that "
                     f"onnxruntime-gpu matches the installed CUDA and cuDNN, or choose --backend onnxruntime")
-            check_graph_io(graph, [t["name"] for t in record.inputs], [i.name for i in session.get_inputs()],
-                           str(path))
-            check_graph_io(graph, [t["name"] for t in record.outputs], [o.name for o in session.get_outputs()],
-                           str(path))
+            check_graph_io(graph, record.inputs, {i.name: i.shape for i in session.get_inputs()}, str(path))
+            check_graph_io(graph, record.outputs, {o.name: o.shape for o in session.get_outputs()}, str(path))
             self.sessions[graph] = session
 
     def _providers(self, ort) -> list:

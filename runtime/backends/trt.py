@@ -81,8 +81,9 @@ class TrtRunner(BaseRunner):
                                       f"rebuild the bundle here with `kmnrt export`")
                 names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
                 inputs = {n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT}
-                check_graph_io(graph, [t["name"] for t in record.inputs], sorted(inputs), str(path))
-                check_graph_io(graph, [t["name"] for t in record.outputs], sorted(set(names) - inputs), str(path))
+                shapes = {n: tuple(engine.get_tensor_shape(n)) for n in names}  # -1: a dynamic dim
+                check_graph_io(graph, record.inputs, {n: shapes[n] for n in inputs}, str(path))
+                check_graph_io(graph, record.outputs, {n: shapes[n] for n in names if n not in inputs}, str(path))
                 not_fp32 = [n for n in names if engine.get_tensor_dtype(n) != trt.float32]
                 if not_fp32:  # the runtime's buffers are fp32; fp16 bundles keep fp32 graph inputs and outputs
                     raise BundleError(f"{path}: tensors {not_fp32} are not float32; rebuild the bundle with "

@@ -85,6 +85,31 @@ def test_a_damaged_bundle_is_refused(tiny_bundle, tmp_path):
         Tracker.from_bundle(copy / "manifest.json")
 
 
+def test_a_graph_of_another_bundle_is_refused_even_with_its_checksum_in_the_manifest(tiny_bundle, tmp_path):
+    """A hand-assembled bundle whose files all match the manifest's sha256, but whose decoder was exported at
+    another size: refused when it loads, naming the graph and tensor, not at the first frame with ORT's error."""
+    import json
+    import shutil
+
+    from kmnrt.export.bundle import ExportOptions, export_bundle
+    from kmnrt.export.manifest import sha256_of
+    from kmnrt.model.config import get_config
+    from kmnrt.model.kmn import build_model
+
+    other = ExportOptions(config="tiny", out=tmp_path / "other", height=32, width=48, verify=False)
+    export_bundle(other, model=build_model(get_config("tiny"), other.read_config, seed=0), progress=False)
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    shutil.copyfile(other.out / "decoder.onnx", copy / "decoder.onnx")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"]["decoder.onnx"] = {"sha256": sha256_of(copy / "decoder.onnx"),
+                                         "bytes": (copy / "decoder.onnx").stat().st_size}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"decoder.onnx: tensor \w+ of graph decoder has shape \[.*\], the "
+                       r"manifest says \[.*\] \(a graph of another bundle\?\)"):
+        Tracker.from_bundle(copy, backend="onnxruntime")
+
+
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 def test_a_device_torch_does_not_know_is_a_user_error(tiny_bundle, backend):
     with pytest.raises(UserInputError, match="device 'bogus' is not one torch knows: give cpu, cuda or cuda:N"):
