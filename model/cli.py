@@ -91,7 +91,7 @@ def run_track(args: argparse.Namespace) -> int:
     tracker = ReferenceTracker(model, TrackerConfig(args.mem_every, args.max_memory, short_side), device=args.device)
 
     source = open_frames(args.input, max_frames=args.max_frames)
-    first_mask, later_masks = read_masks(args.mask, source.names)
+    first_mask, later_masks = read_masks(args.mask, source.names, source.cut)
     refuse_writing_over_inputs(args.out, {"--input": args.input, "--mask": args.mask}, source.names)
     output_folder(args.out)
     names = source.names

@@ -59,7 +59,7 @@ def run_video(args: argparse.Namespace) -> int:
         raise UserInputError(f"--overlay {args.overlay} is the --input video: it would be written over; "
                              f"give the overlay another name")
     source = open_frames(args.input, max_frames=args.max_frames)
-    first_mask, later_masks = read_masks(args.mask, source.names)
+    first_mask, later_masks = read_masks(args.mask, source.names, source.cut)
     masks = {0: first_mask, **later_masks}
     refuse_writing_over_inputs(args.out, {"--input": args.input, "--mask": args.mask}, source.names)
     tracker = Tracker.from_bundle(args.bundle, backend=args.backend, device=args.device, mem_every=args.mem_every)

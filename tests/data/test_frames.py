@@ -89,6 +89,8 @@ def test_folder_source_uses_natural_order(tmp_path) -> None:
     assert len(source) == 3 and source.size == (6, 8)
     assert [(name, int(frame[0, 0, 0])) for name, frame in source] == [("f1", 1), ("f2", 2), ("f10", 10)]
     assert open_frames(tmp_path, max_frames=2).names == ["f1", "f2"]
+    assert open_frames(tmp_path, max_frames=2).cut and not open_frames(tmp_path, max_frames=3).cut
+    assert not source.cut
     assert sorted(["a10", "a2", "a1b", "a1"], key=natural_sort_key) == ["a1", "a1b", "a2", "a10"]
 
 
@@ -157,6 +159,7 @@ def test_video_file_source(tmp_path, fourcc: str, suffix: str) -> None:
         # Lossy codecs: colours land near the originals, and red/blue are not swapped.
         assert np.abs(frame.reshape(-1, 3).mean(axis=0) - original[0, 0]).max() < 12
     assert open_frames(path, max_frames=4).names == source.names[:4]
+    assert open_frames(path, max_frames=4).cut and not open_frames(path, max_frames=6).cut and not source.cut
 
 
 def test_video_that_does_not_open_is_an_error(tmp_path) -> None:

@@ -134,8 +134,16 @@ def test_a_mask_folder_refuses_masks_named_like_no_frame_read(tmp_path) -> None:
     for name in ("00000", "00002", "00009"):  # 00009: after the last frame read (--max-frames), left alone
         write_label_png(masks / f"{name}.png", labels)
     frames = ["00000", "00001", "00002", "00003"]
-    first, later = read_masks(masks, frames)
+    first, later = read_masks(masks, frames, cut=True)
     assert sorted(later) == [2]
-    write_label_png(masks / "0001.png", labels)  # a typo for 00001
-    with pytest.raises(UserInputError, match=r"1 mask\(s\) named like no frame \(0001\.png\); name each mask like"):
+    # the whole video read: 00009 belongs to no frame (a typo, such as 000030 for 00003, sorts after the last)
+    with pytest.raises(UserInputError, match=r"1 mask\(s\) named like no frame \(00009\.png\); name each mask "
+                       r"like its frame \(the frames are 00000 to 00003\)"):
         read_masks(masks, frames)
+    write_label_png(masks / "0001.png", labels)  # a typo for 00001: inside the frames read, cut or not
+    with pytest.raises(UserInputError, match=r"1 mask\(s\) named like no frame \(0001\.png\); name each mask like"):
+        read_masks(masks, frames, cut=True)
+    (masks / "0001.png").unlink()
+    Image.fromarray(labels).save(masks / "00003.jpg")  # would be skipped with its objects
+    with pytest.raises(UserInputError, match=r"mask folder .*masks holds 00003\.jpg, not PNG: masks must be PNGs"):
+        read_masks(masks, frames, cut=True)

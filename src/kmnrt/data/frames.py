@@ -64,10 +64,12 @@ class FrameSource(ABC):
     Attributes:
         path: the folder or video file the frames come from.
         names: frame stems in playback order, e.g. ``["00000", "00001", ...]``.
+        cut: whether ``max_frames`` left frames out, so that ``names`` is not the whole video.
     """
 
     path: Path
     names: list[str]
+    cut: bool = False  # max_frames left frames out: ``names`` is not the whole video
 
     def __len__(self) -> int:
         return len(self.names)
@@ -124,6 +126,7 @@ class ImageFolderSource(FrameSource):
                 )
             seen[file.stem] = file
         self.paths: list[Path] = files[: _check_max_frames(max_frames)]
+        self.cut = len(self.paths) < len(files)
         self.names = [file.stem for file in self.paths]
 
     @cached_property
@@ -172,6 +175,7 @@ class VideoFileSource(FrameSource):
         finally:
             capture.release()
         self.names = [f"{index:05d}" for index in range(count if limit is None else min(count, limit))]
+        self.cut = len(self.names) < count
 
     def _open(self) -> cv2.VideoCapture:
         if not self.path.is_file():

@@ -135,27 +135,33 @@ def labels_from_image(image: Image.Image, where: str) -> np.ndarray:
                          "object ids")
 
 
-def read_masks(mask_path: Path, frame_names: list[str]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+def read_masks(mask_path: Path, frame_names: list[str],
+               cut: bool = False) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """The masks a command tracks from: -> (first mask, {frame index: later mask}), from one PNG (the first frame's)
     or a folder of PNGs named like the frames, where a later one adds the objects that first appear there.
-    A PNG in the folder named like no frame, among the frames read, is an error (a typo, such as 0005 for 00005,
-    would drop its objects silently); names after the last frame read are left alone (``--max-frames``)."""
-    from kmnrt.data.frames import natural_sort_key
+    A PNG in the folder named like no frame is an error (a typo, such as 0005 for 00005, would drop its objects
+    silently), except after the last frame read when ``cut`` (``--max-frames`` stopped before the end of the video);
+    so is a mask in another image format (a JPEG would be skipped, with its objects)."""
+    from kmnrt.data.frames import IMAGE_EXTENSIONS, natural_sort_key
 
     if mask_path.is_file():
         return read_tracking_mask(mask_path), {}
     if not mask_path.is_dir():
         raise UserInputError(f"mask {mask_path} does not exist")
+    others = sorted(p.name for p in mask_path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS - {".png"})
+    if others:
+        raise UserInputError(f"mask folder {mask_path} holds {a_few(others, 3)}, not PNG: masks must be PNGs (a "
+                             f"JPEG's compression turns the edges of objects into stray ids); convert or remove them")
     by_name = {p.stem: p for p in mask_path.iterdir() if p.suffix.lower() == ".png"}
     if frame_names[0] not in by_name:
         raise UserInputError(f"mask folder {mask_path} has no {frame_names[0]}.png for the first frame")
     last = natural_sort_key(frame_names[-1])
-    unmatched = sorted((name for name in set(by_name) - set(frame_names) if natural_sort_key(name) < last),
+    unmatched = sorted((name for name in set(by_name) - set(frame_names) if not cut or natural_sort_key(name) < last),
                        key=natural_sort_key)
     if unmatched:
         listed = a_few((by_name[name].name for name in unmatched), 3)
         raise UserInputError(f"mask folder {mask_path}: {len(unmatched)} mask(s) named like no frame ({listed}); "
-                             f"name each mask like its frame (the first frame is {frame_names[0]})")
+                             f"name each mask like its frame (the frames are {frame_names[0]} to {frame_names[-1]})")
     later = {i: read_tracking_mask(by_name[n]) for i, n in enumerate(frame_names) if i > 0 and n in by_name}
     return read_tracking_mask(by_name[frame_names[0]]), later
 

@@ -139,7 +139,7 @@ def run_client(args: argparse.Namespace) -> int:
         first = next(frames)
     except StopIteration:
         raise UserInputError(f"{args.input} holds no frames") from None
-    first_mask, later_masks = read_masks(args.mask, source.names)
+    first_mask, later_masks = read_masks(args.mask, source.names, source.cut)
     created = not args.out.exists()
     try:
         written = _segment_through_service(args, source, first, frames, first_mask, later_masks)
