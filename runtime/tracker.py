@@ -199,11 +199,16 @@ class Tracker:
         Recipe for timing steps at a fixed memory size T: ``Tracker.from_bundle(B, mem_every=10**9)``,
         ``start(frame0, mask)``, ``fill_memory(state, T - 2 frames)``; every later ``step`` then reads exactly T
         frames (T - 1 permanent + the previous frame). Filling beyond ``max_memory - 1`` permanent frames is an
-        error (it would evict, not grow)."""
+        error (it would evict, not grow). Every frame is checked, and the room for them, before the first runs."""
+        frames = list(frames)
         for frame in frames:
-            if state.bank.num_permanent >= self.spec.max_memory - 1:
-                raise UserInputError(f"the bank already holds {state.bank.num_permanent} permanent frames, the "
-                                     f"most this bundle's max_memory {self.spec.max_memory} allows")
+            self._job(state, frame, None, None)
+        room = self.spec.max_memory - 1 - state.bank.num_permanent
+        if len(frames) > room:
+            raise UserInputError(f"fill_memory got {len(frames)} frames, but the bank holds {state.bank.num_permanent} "
+                                 f"permanent frames and this bundle's max_memory {self.spec.max_memory} allows "
+                                 f"{self.spec.max_memory - 1}: room for {room} more")
+        for frame in frames:
             job = self._job(state, frame, None, None)
             job.permanent = True
             self._run([job], keep_probs=False)
@@ -267,7 +272,9 @@ class Tracker:
 
     def _check_owner(self, state: SessionState) -> None:
         """A session's bank holds this tracker's features at this tracker's sizes: another tracker's engines would
-        read it wrongly, silently (another model) or with an engine's shape error."""
+        read it wrongly, silently (another model) or with an engine's shape error. A closed tracker refuses every
+        session call first."""
+        self._require_open()
         if not isinstance(state, SessionState):
             raise UserInputError(f"expected a session (a SessionState from tracker.start(...) or "
                                  f"tracker.new_state()), got {type(state).__name__}")

@@ -193,6 +193,11 @@ def test_bad_input_is_reported_clearly(tiny_model, bmx_small):
     assert state.next_index == 1
     with pytest.raises(UserInputError, match="this tracker is closed"):
         tracker.new_state()
+    for call in (lambda: tracker.remove_object(state, 1), lambda: tracker.reset(state),
+                 lambda: tracker.add_objects(state, frame, three)):  # closed comes first, before the inputs
+        with pytest.raises(UserInputError, match="this tracker is closed"):
+            call()
+    assert state.object_ids == [int(i) for i in np.unique(mask) if i]  # unchanged
 
 
 def test_sessions_stay_with_their_tracker_and_misuse_leaves_them_as_they_were(tiny_model, bmx_small):
@@ -249,8 +254,12 @@ def test_session_bytes_and_fill_memory(tiny_model, bmx_small):
     for frame in frames[4:8]:
         tracker.step(state, frame)
         assert state.memory_frames == 5
+    with pytest.raises(UserInputError, match=r"fill_memory got 2 frames, but the bank holds 4 permanent frames and "
+                       r"this bundle's max_memory 6 allows 5: room for 1 more"):
+        tracker.fill_memory(state, frames[8:10])
+    assert state.memory_frames == 5 and state.next_index == 8  # refused before any frame ran
     tracker.fill_memory(state, frames[8:9])
-    with pytest.raises(UserInputError, match="already holds 5 permanent frames"):
+    with pytest.raises(UserInputError, match="room for 0 more"):
         tracker.fill_memory(state, frames[9:10])
 
 
