@@ -146,7 +146,10 @@ def validate_options(options: ExportOptions) -> None:
                                  "drop one of them")
         from kmnrt.export.samples import frames_from
 
-        frames_from(options.verify_frames, 16, 16, 1)  # its errors name the path, now rather than after the export
+        try:  # now rather than after the export
+            frames_from(options.verify_frames, 16, 16, 1)
+        except UserInputError as exc:
+            raise UserInputError(f"--verify-frames: {exc}") from None
     out = Path(options.out)
     if out.exists():
         # checked first, so that a folder --force would refuse is never answered with "pass --force"

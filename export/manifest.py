@@ -107,8 +107,11 @@ def load_manifest(folder: str | os.PathLike, verify: bool = True) -> Manifest:
     if not folder.is_dir():
         raise BundleError(f"bundle {folder} does not exist; build one with `kmnrt export ... --out {folder}`")
     if not path.is_file():
-        raise BundleError(f"{folder} is not a bundle: {MANIFEST} is missing (an interrupted export leaves no "
-                          f"manifest); export it again into a new folder, or delete this one first")
+        if any(folder.glob("*.onnx")):  # graphs but no manifest: what an export cut off before its end leaves
+            raise BundleError(f"{folder} is not a bundle: {MANIFEST} is missing (an interrupted export leaves no "
+                              f"manifest); export it again into a new folder, or delete this one first")
+        raise BundleError(f"{folder} is not a bundle (it has no {MANIFEST}); give the folder `kmnrt export --out` "
+                          f"wrote, e.g. engines/NAME")
     try:
         manifest = Manifest.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, TypeError, KeyError, AttributeError) as exc:  # JSON and UTF-8 errors are ValueErrors

@@ -73,6 +73,7 @@ def run_track(args: argparse.Namespace) -> int:
 
     from kmnrt.data import (open_frames, output_folder, read_masks, refuse_writing_over_inputs,
                             warn_of_earlier_masks, write_label_png)
+    from kmnrt.data.atomic import kept_if_written
     from kmnrt.model.checkpoint import choose_read, choose_short_side, load_model
     from kmnrt.model.config import get_config
     from kmnrt.model.reference import ReferenceTracker, TrackerConfig
@@ -93,13 +94,13 @@ def run_track(args: argparse.Namespace) -> int:
     source = open_frames(args.input, max_frames=args.max_frames)
     first_mask, later_masks = read_masks(args.mask, source.names, source.cut)
     refuse_writing_over_inputs(args.out, {"--input": args.input, "--mask": args.mask}, source.names)
-    output_folder(args.out)
     names = source.names
     frames = (frame for _, frame in source)
     started = time.perf_counter()
     count = 0
     progress = tqdm(total=len(source), desc="tracking", unit="frame", file=sys.stderr, disable=None)
-    with progress:
+    with progress, kept_if_written(args.out):
+        output_folder(args.out)
         try:
             for result in tracker.track(frames, first_mask, later_masks):
                 write_label_png(args.out / f"{names[result.index]}.png", result.labels)

@@ -49,11 +49,14 @@ def run_video(args: argparse.Namespace) -> int:
 
     from kmnrt.data import (open_frames, output_folder, read_masks, refuse_writing_over_inputs,
                             warn_of_earlier_masks, write_label_png)
+    from kmnrt.data.atomic import check_output_file, kept_if_written
     from kmnrt.runtime.timing import StageTimes
     from kmnrt.runtime.tracker import Tracker
 
     if args.overlay is not None and args.overlay.suffix.lower() != ".mp4":
         raise UserInputError(f"--overlay {args.overlay}: write the overlay as an .mp4 file")
+    if args.overlay is not None:
+        check_output_file(args.overlay, "--overlay")
     if args.overlay is not None and args.overlay.exists() and args.input.exists() \
             and os.path.samefile(args.overlay, args.input):
         raise UserInputError(f"--overlay {args.overlay} is the --input video: it would be written over; "
@@ -63,37 +66,40 @@ def run_video(args: argparse.Namespace) -> int:
     masks = {0: first_mask, **later_masks}
     refuse_writing_over_inputs(args.out, {"--input": args.input, "--mask": args.mask}, source.names)
     tracker = Tracker.from_bundle(args.bundle, backend=args.backend, device=args.device, mem_every=args.mem_every)
-    output_folder(args.out)  # after the bundle loaded: a bad bundle leaves no empty folder behind
     print(f"{tracker.runner.selection}: {tracker.runner.describe()}", file=sys.stderr)
-    overlay = OverlayWriter(args.overlay, source) if args.overlay else None
     times = StageTimes()
     state = tracker.new_state()
     written = 0
     started = time.perf_counter()
     frames = iter(source)
-    try:
-        with tqdm(total=len(source), desc="tracking", unit="frame", file=sys.stderr, disable=None) as bar:
-            for index in range(len(source)):
-                try:
-                    name, frame = next(frames)
-                except UserInputError as exc:
-                    kept = f"; the {written} masks before it are in {args.out}" if written else ""
-                    kept += f" and the overlay {args.overlay} shows those frames" if written and overlay else ""
-                    raise UserInputError(f"frame {index} of {args.input}: {exc}{kept}") from None
-                if index in masks:
-                    result = tracker.add_objects(state, frame, masks[index], keep_probs=False)
-                else:
-                    result = tracker.step(state, frame, keep_probs=False)
-                if index > 0:
-                    times.add(result.times)
-                write_label_png(args.out / f"{name}.png", result.mask)
-                written += 1
-                if overlay:
-                    overlay.add(frame, result.mask)
-                bar.update(1)
-    finally:
-        if overlay:
-            overlay.close()
+    with kept_if_written(args.out):  # a mask refused at frame 0 leaves no empty folder behind
+        output_folder(args.out)
+        overlay = OverlayWriter(args.overlay, source) if args.overlay else None
+        unreadable = False  # a frame that cannot be read ends the run with the overlay up to it, as its error says
+        try:
+            with tqdm(total=len(source), desc="tracking", unit="frame", file=sys.stderr, disable=None) as bar:
+                for index in range(len(source)):
+                    try:
+                        name, frame = next(frames)
+                    except UserInputError as exc:
+                        kept = f"; the {written} masks before it are in {args.out}" if written else ""
+                        kept += f" and the overlay {args.overlay} shows those frames" if written and overlay else ""
+                        unreadable = True
+                        raise UserInputError(f"frame {index} of {args.input}: {exc}{kept}") from None
+                    if index in masks:
+                        result = tracker.add_objects(state, frame, masks[index], keep_probs=False)
+                    else:
+                        result = tracker.step(state, frame, keep_probs=False)
+                    if index > 0:
+                        times.add(result.times)
+                    write_label_png(args.out / f"{name}.png", result.mask)
+                    written += 1
+                    if overlay:
+                        overlay.add(frame, result.mask)
+                    bar.update(1)
+        finally:
+            if overlay:  # any other end part-way (Ctrl-C, a refused mask) leaves a file already there as it was
+                overlay.close(keep=unreadable or written == len(source))
     elapsed = time.perf_counter() - started
     warn_of_earlier_masks(args.out, source.names[:written])
     print(times.format_table())
@@ -105,7 +111,8 @@ def run_video(args: argparse.Namespace) -> int:
 
 class OverlayWriter:
     """An .mp4 of the frames with the masks blended in DAVIS colours, written under a temporary name and moved
-    into place when closed (also after an error, with the frames up to it)."""
+    into place when closed with ``keep`` (also after a frame that cannot be read, with the frames up to it);
+    without it (an interrupted run) the temporary file is removed and a file already at the path stays."""
 
     def __init__(self, path: Path, source) -> None:
         import cv2
@@ -136,9 +143,9 @@ class OverlayWriter:
         self.writer.write(cv2.cvtColor(blended, cv2.COLOR_RGB2BGR))
         self.frames += 1
 
-    def close(self) -> None:
+    def close(self, keep: bool = True) -> None:
         self.writer.release()
-        if self.frames:
+        if self.frames and keep:
             os.replace(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)

@@ -183,6 +183,9 @@ def load_runner(bundle_dir: str | os.PathLike, manifest: Manifest, backend: str 
     """Build and activate the runner of ``backend`` (or ``auto``) for the bundle in ``bundle_dir``."""
     bundle_dir = Path(bundle_dir)
     name, skipped = resolve_backend(backend, manifest)
+    if backend == "auto" and name == "onnxruntime" and device is not None and parse_device(device, "cpu").type != "cpu":
+        raise UserInputError(f"--device {device} asks for a GPU, but no GPU backend can run this bundle here ("
+                             + "; ".join(skipped) + "); leave --device out to run on the CPU")
     if name in ("onnxruntime", "onnxruntime-cuda"):
         from kmnrt.runtime.backends.ort import OrtRunner
 

@@ -76,6 +76,20 @@ def test_a_corrupted_byte_is_caught_naming_the_file(tiny_bundle: Path, tmp_path:
     load_manifest(copy, verify=False)  # the manifest itself is intact
 
 
+def test_a_folder_without_a_manifest_is_named_as_what_it_is(tiny_bundle: Path, tmp_path: Path):
+    """Graphs without a manifest: an export cut off (export again, or delete it). Anything else: not a bundle,
+    with no advice to delete what may be the user's own folder."""
+    copy = Path(shutil.copytree(tiny_bundle, tmp_path / "cut"))
+    (copy / "manifest.json").unlink()
+    with pytest.raises(BundleError, match="an interrupted export leaves no manifest"):
+        load_manifest(copy)
+    (tmp_path / "frames").mkdir()
+    with pytest.raises(BundleError) as raised:
+        load_manifest(tmp_path / "frames")
+    assert str(raised.value) == (f"{tmp_path / 'frames'} is not a bundle (it has no manifest.json); give the folder "
+                                 f"`kmnrt export --out` wrote, e.g. engines/NAME")
+
+
 def _edited(d: dict, **changes) -> dict:
     """A copy of manifest ``d`` with ``changes`` (keys of nested dicts joined by "__": read__bogus=1)."""
     d = json.loads(json.dumps(d))
@@ -138,7 +152,7 @@ def test_an_export_that_freezes_n_is_caught(tmp_path: Path):
     ({"max_objects": 256}, r"--max-objects 256: between 1 and 255 \(object ids are 1..255\)"),
     ({"sigma": float("inf")}, r"sigma \(--sigma\) must be a positive number of key-grid cells, got inf"),
     ({"max_batch": 0}, "--max-batch 0: at least one frame"),
-    ({"verify_frames": Path("/nonexistent/frames")}, "/nonexistent/frames does not exist"),
+    ({"verify_frames": Path("/nonexistent/frames")}, "--verify-frames: /nonexistent/frames does not exist"),
     ({"verify_frames": Path(__file__).parent, "verify": False}, "--verify-frames chooses the frames of the "
                                                                 "verification that --no-verify skips"),
 ])

@@ -110,6 +110,15 @@ def test_a_graph_of_another_bundle_is_refused_even_with_its_checksum_in_the_mani
         Tracker.from_bundle(copy, backend="onnxruntime")
 
 
+@pytest.mark.skipif(ort_has_cuda() or importlib.util.find_spec("tensorrt") is not None,
+                    reason="a GPU backend can run here")
+def test_auto_with_a_gpu_device_but_no_gpu_backend_says_so(tiny_bundle):
+    """Not 'onnxruntime runs on the cpu; use onnxruntime-cuda', which cannot run here either."""
+    with pytest.raises(UserInputError, match=r"--device cuda:0 asks for a GPU, but no GPU backend can run this "
+                       r"bundle here \(tensorrt: .*; onnxruntime-cuda: .*\); leave --device out to run on the CPU"):
+        Tracker.from_bundle(tiny_bundle, device="cuda:0")
+
+
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 def test_a_device_torch_does_not_know_is_a_user_error(tiny_bundle, backend):
     with pytest.raises(UserInputError, match="device 'bogus' is not one torch knows: give cpu, cuda or cuda:N"):

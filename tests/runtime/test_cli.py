@@ -213,3 +213,43 @@ def test_eval_bundle_runs_and_scores(tiny_bundle, bmx_small, tmp_path, capsys):
                  str(root / "Annotations" / "480p")]) == 2  # would have overwritten the ground truth, then scored 1
     assert "is the ground-truth (bmx) folder" in capsys.readouterr().err
     assert {path: path.read_bytes() for path in truth} == truth
+
+
+def test_a_failed_run_leaves_no_empty_folder_and_no_half_replaced_overlay(tiny_bundle, video_folder, tmp_path,
+                                                                          capsys):
+    """A mask refused at frame 0 leaves no --out folder; a run that ends part-way for another reason than an
+    unreadable frame (here a later mask with more objects than the bundle holds) leaves an overlay already at
+    --overlay as it was; a bad --overlay path is named before the bundle loads; a later mask of the wrong size is
+    named when the masks are read, before any frame is written."""
+    frames, mask = video_folder
+    empty = tmp_path / "empty.png"
+    write_label_png(empty, np.zeros((60, 106), np.uint8))
+    assert run("--bundle", tiny_bundle, "--input", frames, "--mask", empty, "--out", tmp_path / "out") == 2
+    assert "has no object" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+    masks, crowded = tmp_path / "masks", read_label_png(mask).copy()
+    masks.mkdir()
+    write_label_png(masks / "00000.png", crowded)
+    crowded[:2, :5] = [[11], [12]]
+    crowded[10:12, :5] = [[13], [14]]
+    write_label_png(masks / "00004.png", crowded)  # 2 + 4 objects > the bundle's 4
+    overlay = tmp_path / "overlay.mp4"
+    overlay.write_bytes(b"an earlier overlay")
+    assert run("--bundle", tiny_bundle, "--input", frames, "--mask", masks, "--out", tmp_path / "out",
+               "--overlay", overlay) == 2
+    assert "frame 4: 6 objects exceed the maximum of 4" in capsys.readouterr().err
+    assert overlay.read_bytes() == b"an earlier overlay" and not list(tmp_path.glob(".overlay*"))
+    assert len(list((tmp_path / "out").glob("*.png"))) == 4  # the masks written stay
+
+    (tmp_path / "afile").write_text("x")
+    assert run("--bundle", tmp_path / "no-bundle", "--input", frames, "--mask", mask, "--out", tmp_path / "o2",
+               "--overlay", tmp_path / "afile" / "x.mp4") == 2
+    assert capsys.readouterr().err.strip() == (f"error: --overlay {tmp_path / 'afile' / 'x.mp4'}: {tmp_path / 'afile'} "
+                                               f"is a file, not a folder; choose another path")
+
+    write_label_png(masks / "00004.png", np.zeros((30, 50), np.uint8))
+    assert run("--bundle", tiny_bundle, "--input", frames, "--mask", masks, "--out", tmp_path / "o3") == 2
+    assert capsys.readouterr().err.strip() == (f"error: mask {masks / '00004.png'} is 50x30, but the first frame's "
+                                               f"mask 00000.png is 106x60 (width x height); every mask must have its "
+                                               f"frame's size")
+    assert not (tmp_path / "o3").exists()

@@ -73,6 +73,36 @@ def output_folder(path: str | os.PathLike[str], option: str = "--out") -> Path:
     return path
 
 
+@contextmanager
+def kept_if_written(folder: Path) -> Iterator[None]:
+    """For a command that creates the output ``folder`` (:func:`output_folder`) and may fail before writing into
+    it (a mask refused at its first frame, a server that never answered): a folder it created and left empty is
+    removed again, so that a failed run leaves nothing behind. A folder that existed before is left alone."""
+    created = not Path(folder).exists()
+    try:
+        yield
+    except BaseException:
+        with suppress(OSError):  # not empty, or already gone: nothing to undo
+            if created:
+                Path(folder).rmdir()
+        raise
+
+
+def check_output_file(path: str | os.PathLike[str], option: str) -> None:
+    """Before any work: ``path`` can be created (no file where a folder of it must be, the nearest existing folder
+    writable), so that a mistyped path is one line naming ``option`` rather than an OS error at the end."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserInputError(f"{option} {path} is a folder; give a file name")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserInputError(f"{option} {path}: {ancestor} is a file, not a folder; choose another path")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserInputError(f"{option} {path}: cannot write in {ancestor}; choose a writable location")
+
+
 def warn_of_earlier_masks(out: Path, written: Collection[str]) -> None:
     """After a run into ``out``: say so when the folder also holds masks this run did not write (a longer earlier
     run's), which ``kmnrt eval`` would score as if they were this run's."""

@@ -162,8 +162,15 @@ def read_masks(mask_path: Path, frame_names: list[str],
         listed = a_few((by_name[name].name for name in unmatched), 3)
         raise UserInputError(f"mask folder {mask_path}: {len(unmatched)} mask(s) named like no frame ({listed}); "
                              f"name each mask like its frame (the frames are {frame_names[0]} to {frame_names[-1]})")
+    first = read_tracking_mask(by_name[frame_names[0]])
     later = {i: read_tracking_mask(by_name[n]) for i, n in enumerate(frame_names) if i > 0 and n in by_name}
-    return read_tracking_mask(by_name[frame_names[0]]), later
+    for index, mask in later.items():  # found now, not when tracking reaches that frame
+        if mask.shape != first.shape:
+            path = by_name[frame_names[index]]
+            raise UserInputError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]}, but the first frame's mask "
+                                 f"{by_name[frame_names[0]].name} is {first.shape[1]}x{first.shape[0]} (width x "
+                                 f"height); every mask must have its frame's size")
+    return first, later
 
 
 def read_tracking_mask(path: Path) -> np.ndarray:

@@ -130,6 +130,7 @@ def check_can_listen(host: str, port: int) -> None:
 
 def run_client(args: argparse.Namespace) -> int:
     from kmnrt.data import open_frames, read_masks
+    from kmnrt.data.atomic import kept_if_written
 
     if args.wait_s < 0:
         raise UserInputError(f"--wait-s must be 0 or more seconds, got {args.wait_s:g}")
@@ -140,13 +141,8 @@ def run_client(args: argparse.Namespace) -> int:
     except StopIteration:
         raise UserInputError(f"{args.input} holds no frames") from None
     first_mask, later_masks = read_masks(args.mask, source.names, source.cut)
-    created = not args.out.exists()
-    try:
+    with kept_if_written(args.out):  # a run that wrote nothing (no server, say) leaves no empty folder behind
         written = _segment_through_service(args, source, first, frames, first_mask, later_masks)
-    except BaseException:
-        if created and args.out.is_dir() and not any(args.out.iterdir()):
-            args.out.rmdir()  # a run that wrote nothing leaves no empty folder behind
-        raise
     print(f"wrote {written} masks to {args.out}", file=sys.stderr)
     return 0
 
