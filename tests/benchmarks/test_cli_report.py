@@ -144,3 +144,14 @@ def test_default_output_never_replaces_an_earlier_run_of_the_day(tmp_path: Path,
     assert default_paths(args, "cpu-x")[0] == stem.with_name(stem.name + "-2.json")
     stem.with_name(stem.name + "-2.json").write_text("{}")
     assert default_paths(args, "cpu-x")[2] == stem.with_name(stem.name + "-3.png")
+
+
+@pytest.mark.parametrize("results", sorted((Path(__file__).parents[2] / "benchmarks" / "results").glob("*.json")),
+                         ids=lambda path: path.stem)
+def test_committed_reports_are_what_their_json_renders(results: Path) -> None:
+    """The committed markdown is regenerated from its JSON (`kmnrt bench --report`), never edited by hand and never
+    left behind the report's code."""
+    from kmnrt.benchmarks.report import load_results
+
+    expected = render_markdown(load_results(results), results.with_suffix(".png").name)
+    assert results.with_suffix(".md").read_text() == expected, f"run: kmnrt bench --report {results}"
