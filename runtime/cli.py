@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder for the PNG masks")
     parser.add_argument("--backend", default="auto",
                         help="auto (TensorRT, then ONNX Runtime CUDA, then CPU), torch, onnxruntime, "
-                        "onnxruntime-cuda or tensorrt (default: auto)")
+                        "onnxruntime-cuda or tensorrt; aliases ort-cpu, ort-cuda, trt (default: auto)")
     parser.add_argument("--device", default=None, help="torch device for GPU backends, e.g. cuda:1")
     parser.add_argument("--mem-every", type=int, default=None,
                         help="memorise every N-th frame (default: the bundle's)")

@@ -23,8 +23,8 @@ and as plain means over all objects. The first and last ground-truth frame of ea
 scored; objects are the ids 1..K of the first ground-truth frame, and predicted id k is scored against
 ground-truth id k.
 
-GT_ROOT is a DAVIS tree (JPEGImages/, Annotations/[480p/]<seq>/), one sequence folder (Annotations/*.png),
-or a folder of <seq>/ folders of PNGs. DAVIS-2016 masks (0/255) are read as object 1; GT value 255 in a
+GT_ROOT is a DAVIS tree (JPEGImages/, Annotations/[480p/]<seq>/), one sequence folder (Annotations/*.png), a
+folder of such sequence folders (as ../shared/data/vos), or a folder of <seq>/ folders of PNGs. DAVIS-2016 masks (0/255) are read as object 1; GT value 255 in a
 multi-object mask is void and counts as background.
 PRED_ROOT holds <seq>/<frame>.png for every scored ground-truth frame: indexed (palette) or grayscale
 PNGs of object ids, at the ground-truth size.
@@ -49,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--bundle", metavar="DIR", type=Path,
                         help="track the dataset with this engine bundle and score the result (no PRED_ROOT)")
     parser.add_argument("--backend", default="auto",
-                        help="with --bundle: auto, torch, onnxruntime, onnxruntime-cuda or tensorrt (default: auto)")
+                        help="with --bundle: auto, torch, onnxruntime, onnxruntime-cuda or tensorrt; aliases "
+                        "ort-cpu, ort-cuda, trt (default: auto)")
     parser.add_argument("--mem-every", type=int, default=None,
                         help="with --bundle: memorise every N-th frame (default: the bundle's)")
     parser.add_argument("--save-masks", metavar="DIR", type=Path,
