@@ -28,6 +28,7 @@ class TorchRunner(BaseRunner):
     """The four graph modules of one model at one input size."""
 
     name = "torch"
+    note = ""  # what describe() adds, e.g. that an fp16 bundle runs in fp32 here
 
     def __init__(self, model: KMN, input_size: tuple[int, int], device: str | torch.device | None = None):
         device = parse_device(device, "cpu")
@@ -48,7 +49,13 @@ class TorchRunner(BaseRunner):
             raise BundleError(f"bundle {bundle_dir} has no weights file: the torch backend needs one")
         weights = Path(bundle_dir) / manifest.weights
         model = load_model(manifest.model_config, weights, manifest.read_config)
-        return cls(model, tuple(manifest.input_size), device)
+        runner = cls(model, tuple(manifest.input_size), device)
+        if manifest.precision != "fp32":  # the weights file is fp32: the bundle's precision is its graphs'
+            runner.note = f"fp32, the bundle's weights; its {manifest.precision} is for the engines"
+        return runner
+
+    def describe(self) -> str:
+        return super().describe() + (f" ({self.note})" if self.note else "")
 
     def activate_impl(self) -> None:
         read = self.model.read_config

@@ -72,3 +72,10 @@ def test_the_report_counts_the_converted_graphs_nodes(fp16_tiny_bundle: Path):
         assert graphs[name]["nodes"] == len(onnx.load(str(fp16_tiny_bundle / f"{name}.onnx")).graph.node)
         assert graphs[name]["nodes"] > graphs[name]["fp32_nodes"]  # the casts around the fp16 region
     assert "fp32_nodes" not in graphs["memory_read"]
+
+
+def test_the_torch_backend_says_it_runs_an_fp16_bundle_in_fp32(fp16_tiny_bundle: Path):
+    from kmnrt.runtime import Tracker
+
+    with Tracker.from_bundle(fp16_tiny_bundle, backend="torch") as tracker:
+        assert tracker.runner.describe() == "torch on cpu (fp32, the bundle's weights; its fp16 is for the engines)"
