@@ -254,7 +254,14 @@ def test_websocket_limits_and_shutdown_over_a_real_server(tracker, loopback, vid
         assert json.loads(ws.recv())["type"] == "masks"
         ws.send(encode_frame(clip.frames[2]))
         assert json.loads(ws.recv())["type"] == "masks"
-        server.__exit__()  # the server stops under the open session
+        # the server stops under the open session, while its next frame waits behind work on the device (the
+        # handler then waits for that answer, not on the socket)
+        ctx, release, running = app.state.ctx, threading.Event(), threading.Event()
+        ctx.worker.submit_call(ctx.registry.open_sessions()[0], lambda tracker, s: (running.set(), release.wait(30)))
+        assert running.wait(30)
+        ws.send(encode_frame(clip.frames[2]))
+        threading.Timer(0.5, release.set).start()
+        server.__exit__()
     metrics = app.state.ctx.metrics.render().decode()
     assert 'kmnrt_sessions_closed_total{reason="server_shutdown"} 1.0' in metrics
     assert 'kmnrt_errors_total{code="body_too_large"} 1.0' in metrics

@@ -150,14 +150,34 @@ def capacity(settings: ServiceSettings, session_bytes: int, batch_bytes: int) ->
     return min(by_memory, settings.max_sessions) if settings.max_sessions else by_memory
 
 
-def server_options(settings: ServiceSettings) -> dict:
-    """uvicorn's settings for this service (``kmnrt serve`` and the test server alike): no access log (the
-    metrics count requests), WebSocket messages cut by the transport only well above the protocol's own limit (which
-    answers 413 ``body_too_large``), the drain's grace."""
+def make_server(app: FastAPI, host: str, port: int, **config):
+    """The uvicorn server of ``app`` (``kmnrt serve`` and the test server alike): no access log (the metrics count
+    requests), WebSocket messages cut by the transport only well above the protocol's own limit (which answers 413
+    ``body_too_large``), the drain's grace; ``config``: more ``uvicorn.Config`` settings. The app learns that it
+    is stopping as soon as the server is asked to (a signal, or ``should_exit``), before uvicorn closes the
+    connections: readiness answers 503 ``stopping`` at once, and the WebSocket sessions it ends close as
+    ``server_shutdown``."""
+    import uvicorn
+
     from kmnrt.service.stream import transport_message_limit
 
-    return {"access_log": False, "ws_max_size": transport_message_limit(settings.max_body_bytes),
-            "timeout_graceful_shutdown": int(settings.shutdown_grace_s)}
+    settings: ServiceSettings = app.state.settings
+
+    class Server(uvicorn.Server):
+        @property
+        def should_exit(self) -> bool:
+            return self._should_exit
+
+        @should_exit.setter
+        def should_exit(self, value: bool) -> None:
+            self._should_exit = value
+            ctx: ServiceContext | None = getattr(app.state, "ctx", None)
+            if value and ctx is not None:
+                ctx.stopping = True
+
+    return Server(uvicorn.Config(app, host=host, port=port, access_log=False,
+                                 ws_max_size=transport_message_limit(settings.max_body_bytes),
+                                 timeout_graceful_shutdown=int(settings.shutdown_grace_s), **config))
 
 
 def largest_batch(settings: ServiceSettings) -> int:
@@ -214,7 +234,7 @@ def create_app(settings: ServiceSettings, tracker: Tracker | None = None) -> Fas
                   "device. Errors are `{\"error\": {\"code\", \"message\"}}`. WebSocket `/v1/stream`: see "
                   "docs/service.md.",
                   responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 413: {"model": ErrorBody}})
-    app.state.settings = settings  # before start-up too: how to run it (server_options)
+    app.state.settings = settings  # before start-up too: how to serve it (make_server)
     app.add_middleware(BodyGuardMiddleware, limit=settings.max_body_bytes, idle_timeout=settings.body_timeout_s)
     app.add_middleware(BearerAuthMiddleware, token=settings.token)  # added last = runs first
     _install_error_handlers(app)

@@ -79,9 +79,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
         print(websocket_json_schema())
         return 0
-    import uvicorn
-
-    from kmnrt.service.app import capacity, create_app, largest_batch, load_tracker, server_options
+    from kmnrt.service.app import capacity, create_app, largest_batch, load_tracker, make_server
     from kmnrt.service.logs import logging_config
     from kmnrt.service.settings import load_settings
 
@@ -98,10 +96,16 @@ def run_serve(args: argparse.Namespace) -> int:
     tracker = load_tracker(settings)
     try:
         capacity(settings, tracker.session_bytes(), tracker.batch_bytes(largest_batch(settings)))
-        uvicorn.run(create_app(settings, tracker), host=settings.host, port=settings.port,
-                    log_config=logging_config(settings.log_level), **server_options(settings))
+        server = make_server(create_app(settings, tracker), settings.host, settings.port,
+                             log_config=logging_config(settings.log_level))
+        try:
+            server.run()
+        except KeyboardInterrupt:
+            pass  # uvicorn drained, then re-raised the signal: a drained stop is a clean one (as uvicorn.run has it)
     finally:
         tracker.close()
+    if not server.started:
+        raise KmnrtError("the server did not start; its log above says why")
     return 0
 
 

@@ -97,12 +97,9 @@ class serve_in_thread:
     ``kmnrt serve`` sets it up for ``app.state.settings``."""
 
     def __init__(self, app, wait_ready: bool = True, timeout_s: float = 120):
-        import uvicorn
+        from kmnrt.service.app import make_server
 
-        from kmnrt.service.app import server_options
-
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                                    **server_options(app.state.settings)))
+        self.server = make_server(app, "127.0.0.1", 0, log_level="warning")
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.wait_ready = wait_ready
         self.timeout_s = timeout_s

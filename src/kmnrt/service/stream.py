@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from kmnrt.service.app import ServiceContext
 
 stream_router = APIRouter()
-SERVER_RESTART = 1012  # the close code of a server that stops (RFC 6455 "service restart")
 
 
 def json_message_limit(body_limit: int) -> int:
@@ -47,7 +46,6 @@ async def stream(ws: WebSocket) -> None:
     ctx: ServiceContext = ws.app.state.ctx
     await ws.accept()
     session_id: str | None = None
-    reason = CloseReason.CLIENT
     outbox: asyncio.Queue = asyncio.Queue()
     sender: asyncio.Task | None = None
     try:
@@ -82,13 +80,14 @@ async def stream(ws: WebSocket) -> None:
                 await done  # answer sent: read the next message
         await outbox.put(None)
         await sender
-    except WebSocketDisconnect as exc:
-        if exc.code == SERVER_RESTART:  # uvicorn closes every WebSocket this way when the server stops
-            reason = CloseReason.SHUTDOWN
+    except WebSocketDisconnect:
+        pass
     finally:
         if sender is not None and not sender.done():
             sender.cancel()
         if session_id is not None:
+            # a stopping server closes every socket (code 1012) and with it the session, waiting for a frame or not
+            reason = CloseReason.SHUTDOWN if ctx.stopping else CloseReason.CLIENT
             try:
                 ops.close_session(ctx, session_id, reason)
             except ServiceError:
