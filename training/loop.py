@@ -20,7 +20,6 @@ import json
 import math
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from kmnrt.data.atomic import atomic_output
-from kmnrt.errors import CheckpointError, KmnrtWarning, UserInputError
+from kmnrt.errors import CheckpointError, UserInputError
 from kmnrt.model.checkpoint import load_state_into, read_checkpoint, save_checkpoint
 from kmnrt.model.config import get_config
 from kmnrt.model.kmn import KMN, build_model
@@ -37,6 +36,7 @@ from kmnrt.training.batchnorm import recalibrate_batchnorm, recalibration_clips
 from kmnrt.training.config import TrainConfig
 from kmnrt.training.datasets import StaticClips, VideoClips, find_image_pairs, find_video_sequences
 from kmnrt.training.plots import plot_loss_curve
+from kmnrt.training.resume import resolved, warn_of_changed_options
 from kmnrt.training.run_lock import hold
 from kmnrt.training.step import set_train_mode, train_step
 
@@ -261,8 +261,9 @@ def train(config: TrainConfig, progress: bool = True, bar_position: int | None =
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     with hold(out):  # one run per folder: another one writing here would interleave our files
-        with atomic_output(out / "train_config.json") as tmp:
-            tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        with atomic_output(out / "train_config.json") as tmp:  # the data's full path: a resume from elsewhere
+            recorded = dataclasses.replace(config, data=resolved(config.data))  # compares the same folder
+            tmp.write_text(json.dumps(recorded.to_dict(), indent=2) + "\n")
         loader = DataLoader(dataset, batch_size=config.batch, sampler=range(start * config.batch, len(dataset)),
                             collate_fn=list, num_workers=config.workers)
         checkpoint, state_path, averaged = out / CHECKPOINT_NAME, out / STATE_NAME, out / AVERAGED_NAME
@@ -322,43 +323,6 @@ def train(config: TrainConfig, progress: bool = True, bar_position: int | None =
         curve = plot_loss_curve(losses, out / "loss_curve.png", title=f"{config.model} {config.stage}")
         return TrainResult(checkpoint, averaged if average.count else None, state_path, curve, config.iterations,
                            losses, start, time.perf_counter() - started)
-
-
-# where or how a run goes, not what it trains: free to differ on a resume
-_OPERATIONAL = {"out", "resume", "init", "seed", "device", "threads", "workers", "log_every", "checkpoint_every",
-                "tensorboard", "data"}
-
-
-def warn_of_changed_options(config: TrainConfig, recorded: Path) -> None:
-    """A resume continues with the options it is given: say which differ from the run's own (a forgotten
-    --iterations turns a short run into the preset's thousands, with the lr schedule stretched to them)."""
-    try:
-        before = _flat(json.loads(recorded.read_text(encoding="utf-8")))
-    except (OSError, ValueError):
-        return  # no record (a state file moved on its own): nothing to compare with
-    now = _flat(config.to_dict())
-    changed = [f"{key} {now[key]} (the run: {before[key]})" for key in now
-               if key in before and before[key] != now[key] and key.split(".")[0] not in _OPERATIONAL]
-    if before.get("data") is not None and _folder(now.get("data")) != _folder(before["data"]):  # not a spelling of it
-        changed.append(f"data {now.get('data')} (the run: {before['data']})")
-    if changed:
-        warnings.warn(f"--resume continues with options that differ from the run's ({recorded}): "
-                      f"{', '.join(changed)}; it goes on with them (the lr schedule follows --iterations), so give "
-                      f"the run's own unless the change is meant", KmnrtWarning, stacklevel=2)
-
-
-def _folder(path: str | None) -> Path | None:
-    return None if path is None else Path(path).resolve()
-
-
-def _flat(options: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in options.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
 
 
 def _last_saved(iteration: int | None, state_path: Path) -> str:

@@ -6,12 +6,14 @@ import dataclasses
 import json
 import re
 import shutil
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
 from kmnrt.cli import main as kmnrt_main
-from kmnrt.errors import UserInputError
+from kmnrt.errors import KmnrtWarning, UserInputError
 from kmnrt.model.checkpoint import load_model, read_checkpoint
 from kmnrt.model.config import get_config
 from kmnrt.model.kmn import build_model
@@ -299,3 +301,24 @@ def test_cli_pretraining_on_a_video_tree_says_to_use_the_main_stage(tmp_path, ca
     assert kmnrt_main(argv) != 0
     error = capsys.readouterr().err
     assert "holds folders, as a video tree does" in error and "--stage main" in error and "Traceback" not in error
+
+
+def test_a_resume_on_other_data_is_named_whatever_the_working_folder(tmp_path, monkeypatch):
+    """The run records its data's full path; procedural images (no --data) are named as such."""
+    from kmnrt.training.config import preset
+    from kmnrt.training.resume import resolved, warn_of_changed_options
+
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path)
+    recorded = tmp_path / "train_config.json"
+    run = preset("tiny", "pretrain", tmp_path / "run")
+    recorded.write_text(json.dumps(dataclasses.replace(run, data=resolved(Path("a"))).to_dict()))
+    monkeypatch.chdir(tmp_path / "a")  # "." is the run's folder a, spelled otherwise from here
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_of_changed_options(dataclasses.replace(run, data=Path(".")), recorded)
+    with pytest.warns(KmnrtWarning, match=r"data procedural images \(the run: .*/a\)"):
+        warn_of_changed_options(run, recorded)
+    recorded.write_text(json.dumps(run.to_dict()))
+    with pytest.warns(KmnrtWarning, match=r"data a \(the run: procedural images\)"):
+        warn_of_changed_options(dataclasses.replace(run, data=Path("a")), recorded)
