@@ -201,15 +201,15 @@ class Tracker:
         frames (T - 1 permanent + the previous frame). Filling beyond ``max_memory - 1`` permanent frames is an
         error (it would evict, not grow). Every frame is checked, and the room for them, before the first runs."""
         frames = list(frames)
-        for frame in frames:
-            self._job(state, frame, None, None)
+        self._check_owner(state)
         room = self.spec.max_memory - 1 - state.bank.num_permanent
         if len(frames) > room:
             raise UserInputError(f"fill_memory got {len(frames)} frames, but the bank holds {state.bank.num_permanent} "
                                  f"permanent frames and this bundle's max_memory {self.spec.max_memory} allows "
                                  f"{self.spec.max_memory - 1}: room for {room} more")
-        for frame in frames:
-            job = self._job(state, frame, None, None)
+        jobs = [self._job(state, frame, None, None, state.next_index + position)
+                for position, frame in enumerate(frames)]
+        for job in jobs:
             job.permanent = True
             self._run([job], keep_probs=False)
 
@@ -237,10 +237,11 @@ class Tracker:
 
     # --- one frame per session --------------------------------------------------------------------------------
 
-    def _job(self, state: SessionState, frame, mask, object_ids) -> _Job:
-        """Check one frame (and mask) of a session before anything runs."""
+    def _job(self, state: SessionState, frame, mask, object_ids, index: int | None = None) -> _Job:
+        """Check one frame (and mask) of a session before anything runs; ``index``: the frame's index in the
+        session when it is not the next one (a frame checked ahead of others, by fill_memory)."""
         self._check_owner(state)
-        index = state.next_index
+        index = state.next_index if index is None else index
         where = f"frame {index}"
         if mask is None and not state.started:
             raise UserInputError(f"{where}: this session tracks no object yet; start it with tracker.start(frame, "

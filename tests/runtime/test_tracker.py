@@ -258,6 +258,10 @@ def test_session_bytes_and_fill_memory(tiny_model, bmx_small):
                        r"this bundle's max_memory 6 allows 5: room for 1 more"):
         tracker.fill_memory(state, frames[8:10])
     assert state.memory_frames == 5 and state.next_index == 8  # refused before any frame ran
+    fresh = tracker.start(frames[0], first)
+    with pytest.raises(UserInputError, match=r"^frame 2 is 50x40"):  # named as the frame it would have been
+        tracker.fill_memory(fresh, [frames[1], np.zeros((40, 50, 3), np.uint8)])
+    assert fresh.next_index == 1 and fresh.memory_frames == 1
     tracker.fill_memory(state, frames[8:9])
     with pytest.raises(UserInputError, match="room for 0 more"):
         tracker.fill_memory(state, frames[9:10])
