@@ -141,13 +141,13 @@ class ServiceClient:
             except httpx.HTTPError:
                 status = UNREACHABLE
             else:
-                if response.status_code == 200:
+                if response.status_code == 200 and _status_of(response) == "ready":
                     return response.json()
-                if response.status_code != 503:  # no readiness answer at all: waiting will not change that
-                    code = "not_found" if response.status_code == 404 else "http_error"
+                if response.status_code in (401, 403, 404):  # no readiness route here: waiting will not help
+                    code = "not_found" if response.status_code == 404 else "unauthorized"
                     raise ServiceClientError(response.status_code, code, "GET /v2/health/ready is not a kmnrt "
                                              f"readiness answer{_hint(code, self.http.base_url)}")
-                status = _status_of(response)
+                status = _status_of(response)  # 503 while warming up; a proxy's 502/504 while the server starts
             if status == "failed":
                 raise ServiceClientError(503, "failed", "the server's engine warm-up failed; see the server log")
             if time.monotonic() > deadline:
@@ -177,10 +177,11 @@ class ServiceClient:
 
 
 def _status_of(response: Any) -> str:
+    """The ``status`` of a readiness answer; a proxy's or another server's page has none."""
     try:
-        return str(response.json().get("status", "unknown"))
+        return str(response.json().get("status", f"HTTP {response.status_code}"))
     except (ValueError, AttributeError):
-        return "unknown"
+        return f"HTTP {response.status_code}"
 
 
 def _hint(code: str, base_url: object) -> str:

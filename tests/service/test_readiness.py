@@ -85,3 +85,35 @@ def test_failed_warm_up_never_gets_ready(tracker, videos):
         with pytest.raises(ServiceClientError) as raised:
             ServiceClient(http=http).create_session(clip.frames[0], clip.mask)
         assert (raised.value.status, raised.value.code) == (503, "not_ready")
+
+
+def test_the_client_waits_through_a_proxys_errors_but_not_for_a_missing_route():
+    """In front of a server that is starting, a proxy answers 502/504: the client keeps waiting (as for 503 and
+    for no answer at all); a 404 means the URL is wrong, which no wait mends."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    answers = [502, 504, 200]
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            status = answers.pop(0) if answers else 404
+            body = json.dumps({"status": "ready"}).encode() if status == 200 else b"<html>bad gateway</html>"
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Proxy) as proxy:
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{proxy.server_address[1]}"
+        with ServiceClient(url) as client:
+            assert client.wait_ready(timeout_s=30, interval_s=0.01) == {"status": "ready"} and not answers
+            started = time.monotonic()
+            with pytest.raises(ServiceClientError, match="give the service's root URL") as raised:
+                client.wait_ready(timeout_s=30, interval_s=0.01)
+            assert raised.value.status == 404 and time.monotonic() - started < 5
+        proxy.shutdown()
