@@ -88,6 +88,7 @@ def load_input(path: str | Path | None, needed_frames: int) -> BenchInput:
 
 def _load_sequence(folder: Path, limit: int) -> BenchInput:
     from kmnrt.data.davis import find_sequences, open_sequence_frames, read_annotation
+    from kmnrt.data.palette import without_void
 
     sequence = find_sequences(folder)[0]
     frames = [frame for _, frame in open_sequence_frames(sequence, limit)]
@@ -95,7 +96,7 @@ def _load_sequence(folder: Path, limit: int) -> BenchInput:
         raise UserInputError(f"sequence {folder} holds no frames in JPEGImages/")
     first = sequence.frame_names[0]
     if first in sequence.annotation_names:
-        mask = read_annotation(sequence, first)
+        mask = without_void(read_annotation(sequence, first))[0]  # as every tracking command reads masks
         if mask.shape != frames[0].shape[:2]:
             raise UserInputError(f"annotation of frame {first} in {folder} is {mask.shape[1]}x{mask.shape[0]}, "
                                  f"the frames are {frames[0].shape[1]}x{frames[0].shape[0]}")

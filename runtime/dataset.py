@@ -77,7 +77,8 @@ def run_dataset(tracker: Tracker, sequences: Sequences[Sequence], out: str | os.
                         continue  # frames before the first annotation are not tracked
                     if state is None:
                         mask = read_annotation(sequence, name)
-                        mask = np.where(mask == DAVIS_VOID, 0, mask).astype(np.uint8)  # void is not an object
+                        # every 255 is void, as the evaluation reads the ground truth it is scored against
+                        mask = np.where(mask == DAVIS_VOID, 0, mask).astype(np.uint8)
                         state = tracker.new_state()
                         labels = tracker.add_objects(state, frame, mask, keep_probs=False).mask
                     else:

@@ -41,7 +41,9 @@ def test_stream_session_equals_the_runtime(make_client, videos, reference, track
         error = ws.receive_json()["error"]
         assert error["code"] == "invalid_message"
         assert error["message"].startswith("the message does not match the protocol: Invalid JSON")
-        assert 'kmnrt_errors_total{code="invalid_message"} 1.0' in http.get("/metrics").text
+        metrics = http.get("/metrics").text
+        assert 'kmnrt_errors_total{code="invalid_message"} 1.0' in metrics
+        assert 'kmnrt_frames_total{outcome="rejected"} 2.0' in metrics  # out of order, bad base64; not the JSON
         for index in range(4, 7):  # binary frames take the next index
             ws.send_bytes(encode_frame(video.frames[index]))
             answer = ws.receive_json()

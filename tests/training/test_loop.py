@@ -38,7 +38,8 @@ def test_a_run_writes_weights_state_log_and_curve(small_config):
     assert json.loads((out / "train_config.json").read_text())["size"] == 64
     assert len((out / "losses.csv").read_text().splitlines()) == 1 + 4
     log = (out / "train.log").read_text().splitlines()
-    assert log[0].startswith("# tiny pretrain") and log[0].endswith("; data: procedural images") and [line.split()[2] for line in log[1:]] == ["2", "4"]
+    assert log[0].startswith("# tiny pretrain") and log[0].endswith("; data: procedural images")
+    assert [line.split()[2] for line in log[1:]] == ["2", "4"]
     state, stored = read_checkpoint(result.checkpoint)
     assert stored == get_config("tiny")
     model = load_model(get_config("tiny"), result.checkpoint)

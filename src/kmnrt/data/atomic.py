@@ -78,13 +78,16 @@ def kept_if_written(folder: Path) -> Iterator[None]:
     """For a command that creates the output ``folder`` (:func:`output_folder`) and may fail before writing into
     it (a mask refused at its first frame, a server that never answered): a folder it created and left empty is
     removed again, so that a failed run leaves nothing behind. A folder that existed before is left alone."""
-    created = not Path(folder).exists()
+    folder = Path(folder)
+    created = [path for path in (folder, *folder.parents) if not path.exists()]  # the folder and new parents
     try:
         yield
     except BaseException:
-        with suppress(OSError):  # not empty, or already gone: nothing to undo
-            if created:
-                Path(folder).rmdir()
+        for path in created:  # innermost first; a folder with anything in it stops the undoing
+            try:
+                path.rmdir()
+            except OSError:
+                break
         raise
 
 

@@ -119,13 +119,12 @@ class BearerAuthMiddleware:
         scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
         if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token):
             return await self.app(scope, receive, send)
+        count_error(scope.get("app"), "unauthorized")
         if scope["type"] == "websocket":  # refusing the handshake answers HTTP 403
-            count_error(scope.get("app"), "unauthorized")
             await receive()
             return await send({"type": "websocket.close", "code": 1008})
         response = _error_response(401, "unauthorized", "missing or wrong bearer token: send 'Authorization: "
                                    "Bearer <token>'", {"WWW-Authenticate": "Bearer"})
-        count_error(scope.get("app"), "unauthorized")
         return await response(scope, receive, send)
 
 

@@ -166,7 +166,7 @@ def _segment_through_service(args: argparse.Namespace, source, first, frames, fi
             client.wait_ready(args.wait_s)
         first_name, first_frame = first
         session = client.create_session(first_frame, first_mask, mask_format=args.mask_format)
-        written, name = 0, first_name
+        written, name, failed = 0, first_name, True
         try:
             write_label_png(args.out / f"{first_name}.png", session.first.labels)
             written = 1
@@ -178,14 +178,11 @@ def _segment_through_service(args: argparse.Namespace, source, first, frames, fi
                     answer = client.send_frame(session.session_id, index, frame)
                 write_label_png(args.out / f"{name}.png", answer.labels)
                 written += 1
+            failed = False
         except ServiceClientError as exc:
-            with contextlib.suppress(ServiceClientError):
-                client.delete_session(session.session_id)
             raise KmnrtError(f"frame {written} ({name}): {exc}; the masks of the {written} frames before it are "
                              f"in {args.out}") from None
-        except BaseException:
-            with contextlib.suppress(ServiceClientError):
+        finally:  # after a failure the session may be gone too: its error, not the clean-up's, is the one to see
+            with contextlib.suppress(*((ServiceClientError,) if failed else ())):
                 client.delete_session(session.session_id)
-            raise
-        client.delete_session(session.session_id)
     return written

@@ -55,18 +55,20 @@ def measure(url: str, sessions: int, frames: int, size: tuple[int, int]) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kmnrt.service.loadgen", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m kmnrt.service.loadgen", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", help="serve this bundle in-process (one run per --max-batch)")
-    parser.add_argument("--backend", default="auto", help="runtime backend of the in-process server (as kmnrt run)")
+    parser.add_argument("--backend", default="auto",
+                        help="runtime backend of the in-process server, as kmnrt run's (default: %(default)s)")
     parser.add_argument("--server", help="measure a running server at this URL instead")
-    parser.add_argument("--sessions", type=int, default=16, help="concurrent sessions, one client thread each")
-    parser.add_argument("--frames", type=int, default=30, help="frames per session")
+    parser.add_argument("--sessions", type=int, default=16,
+                        help="concurrent sessions, one client thread each (default: %(default)s)")
+    parser.add_argument("--frames", type=int, default=30, help="frames per session (default: %(default)s)")
     parser.add_argument("--size", type=int, nargs=2, default=(480, 854), metavar=("H", "W"),
-                        help="frame size of the generated videos")
+                        help="frame size of the generated videos (default: 480 854)")
     parser.add_argument("--max-batch", type=int, nargs="+", default=[1, 8],
-                        help="the in-process server's --max-batch values, one run each")
-    parser.add_argument("--max-delay-ms", type=float, default=2.0, help="the in-process server's --max-delay-ms")
+                        help="the in-process server's --max-batch values, one run each (default: 1 8)")
+    parser.add_argument("--max-delay-ms", type=float, default=2.0,
+                        help="the in-process server's --max-delay-ms (default: %(default)s)")
     args = parser.parse_args(argv)
     size = tuple(args.size)
     if args.server:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -82,10 +84,18 @@ async def queue_frame(ctx: ServiceContext, session_id: str, index: int, frame_by
     -> (session, future of the outcome, whether it repeats an earlier index). A frame refused here (bad image or
     mask, wrong size, index or queue) counts as ``rejected``."""
     session = ctx.registry.get(session_id)  # an unknown or closed session is no frame of one
-    try:
+    with rejections_counted(ctx):
         return session, *await _checked_and_queued(ctx, session, index, frame_bytes, new_objects)
+
+
+@contextmanager
+def rejections_counted(ctx: ServiceContext) -> Iterator[None]:
+    """A frame of a session refused in this block (its image or mask, their encoding, size, index or a full queue)
+    counts as ``rejected``; a session that is gone or a server that cannot serve is no fault of the frame."""
+    try:
+        yield
     except (ServiceError, UserInputError) as exc:
-        if not (isinstance(exc, ServiceError) and exc.status in (410, 503)):  # the session or server, not the frame
+        if not (isinstance(exc, ServiceError) and exc.status in (410, 503)):
             ctx.metrics.frames.labels("rejected").inc()
         raise
 
@@ -106,7 +116,8 @@ async def _checked_and_queued(ctx: ServiceContext, session: Session, index: int,
         return tracker.add_objects(session.state, frame, mask, keep_probs=False)
 
     # the digest tells a retry of this request (the cached answer) from other objects at an index already sent
-    return ctx.worker.submit_frame(session, index, frame, call, hashlib.sha256(mask.tobytes()).hexdigest())
+    digest = await run_in_threadpool(lambda: hashlib.sha256(mask.tobytes()).hexdigest())  # MBs: not on the loop
+    return ctx.worker.submit_frame(session, index, frame, call, digest)
 
 
 async def frame_answer(ctx: ServiceContext, session: Session, index: int, future: Future, cached: bool) -> dict:

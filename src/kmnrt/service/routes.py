@@ -53,7 +53,8 @@ async def add_objects(request: Request, session_id: str, frame: FrameFile, frame
                       mask: MaskFile = None, mask_rle: MaskRleField = None) -> dict:
     """The next frame with new objects that first appear in it (ids already tracked are ignored)."""
     with request.app.state.ctx.metrics.request_seconds.labels("add_objects").time():
-        new_objects = ops.NewObjects(await _read(mask), _parse_json(MaskRle, mask_rle, "mask_rle"))
+        with ops.rejections_counted(request.app.state.ctx):  # a malformed mask is a refused frame too
+            new_objects = ops.NewObjects(await _read(mask), _parse_json(MaskRle, mask_rle, "mask_rle"))
         return await ops.run_frame(request.app.state.ctx, session_id, frame_index, await frame.read(), new_objects)
 
 

@@ -124,13 +124,12 @@ async def _queue(ctx: ServiceContext, session_id: str, message):
     if isinstance(message, (bytes, bytearray)):
         index = ctx.registry.get(session_id).next_index
         return index, await ops.queue_frame(ctx, session_id, index, bytes(message))
-    if isinstance(message, WsFrame):
-        return message.frame_index, await ops.queue_frame(ctx, session_id, message.frame_index,
-                                                          b64decode(message.frame, "frame"))
-    if isinstance(message, WsAddObjects):
-        new_objects = ops.NewObjects(_optional_b64(message.mask), message.mask_rle)
-        return message.frame_index, await ops.queue_frame(ctx, session_id, message.frame_index,
-                                                          b64decode(message.frame, "frame"), new_objects)
+    if isinstance(message, (WsFrame, WsAddObjects)):
+        with ops.rejections_counted(ctx):  # base64 that does not decode is a refused frame too
+            frame = b64decode(message.frame, "frame")
+            new_objects = (ops.NewObjects(_optional_b64(message.mask), message.mask_rle)
+                           if isinstance(message, WsAddObjects) else None)
+        return message.frame_index, await ops.queue_frame(ctx, session_id, message.frame_index, frame, new_objects)
     raise bad_input("a session is already running on this connection: send frames, add_objects or close")
 
 
