@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -267,17 +266,13 @@ def check_stage_options(args: argparse.Namespace) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from kmnrt.training.loop import RUN_FILES, STATE_NAME, train
+    from kmnrt.training.loop import STATE_NAME, train
 
     config = config_from_args(args)  # refuses a folder a live run holds, before --force deletes anything there
     resuming_here = args.resume is not None and args.resume.resolve() == (args.out / STATE_NAME).resolve()
-    if args.force and not resuming_here:  # start over: nothing of the earlier run stays (averaged weights, logs)
-        for path in (args.out / name for name in RUN_FILES):
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-    result = train(config)
+    # --force: nothing of the earlier run stays (averaged weights, logs), removed once the new run's weights and
+    # data have loaded, so that a typo in --init or --data does not cost the run it was meant to replace
+    result = train(config, start_over=args.force and not resuming_here)
     recent = result.losses[-50:]
     print(f"trained iterations {result.start} to {result.iterations} in {result.seconds:.0f} s; mean loss of the "
           f"last {len(recent)}: {sum(recent) / max(len(recent), 1):.4f}", file=sys.stderr)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -217,9 +218,11 @@ def load_state(path: Path, config: TrainConfig) -> dict:
     return state
 
 
-def train(config: TrainConfig, progress: bool = True, bar_position: int | None = None) -> TrainResult:
+def train(config: TrainConfig, progress: bool = True, bar_position: int | None = None,
+          start_over: bool = False) -> TrainResult:
     """Run one training stage as configured; see the module docstring for what lands in ``config.out``.
-    ``bar_position``: the progress bar's line, for runs side by side in one terminal."""
+    ``bar_position``: the progress bar's line, for runs side by side in one terminal; ``start_over``: first remove
+    an earlier run's files from ``config.out`` (``--force``), once everything this run needs has loaded."""
     from tqdm import tqdm
 
     started = time.perf_counter()
@@ -261,6 +264,8 @@ def train(config: TrainConfig, progress: bool = True, bar_position: int | None =
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     with hold(out):  # one run per folder: another one writing here would interleave our files
+        if start_over:
+            remove_run_files(out)
         with atomic_output(out / "train_config.json") as tmp:  # the data's full path: a resume from elsewhere
             recorded = dataclasses.replace(config, data=resolved(config.data))  # compares the same folder
             tmp.write_text(json.dumps(recorded.to_dict(), indent=2) + "\n")
@@ -323,6 +328,15 @@ def train(config: TrainConfig, progress: bool = True, bar_position: int | None =
         curve = plot_loss_curve(losses, out / "loss_curve.png", title=f"{config.model} {config.stage}")
         return TrainResult(checkpoint, averaged if average.count else None, state_path, curve, config.iterations,
                            losses, start, time.perf_counter() - started)
+
+
+def remove_run_files(out: Path) -> None:
+    """An earlier run's files (:data:`RUN_FILES`); anything else in the folder stays."""
+    for path in (out / name for name in RUN_FILES):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _last_saved(iteration: int | None, state_path: Path) -> str:

@@ -180,6 +180,11 @@ def test_cli_pretrain_then_main_on_generated_videos(tmp_path, capsys):
     assert kmnrt_main(again) == 2
     assert f"--resume {tmp_path / 'pre' / 'train_state.pt'}" in capsys.readouterr().err
     assert (tmp_path / "pre" / "model.safetensors").read_bytes() == weights
+    # --force with a typo in --init: refused, and the run it was to replace is still there
+    assert kmnrt_main([*again, "--force", "--init", str(tmp_path / "typo.safetensors")]) == 2
+    assert "typo.safetensors does not exist" in capsys.readouterr().err
+    assert (tmp_path / "pre" / "model.safetensors").read_bytes() == weights
+    assert (tmp_path / "pre" / "train_state.pt").is_file()
     assert kmnrt_main([*again, "--force", "--seed", "1"]) == 0
     assert (tmp_path / "pre" / "model.safetensors").read_bytes() != weights
     # --force starts over: the earlier run's log is gone, not continued below the new header
