@@ -64,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="DAVIS-style sequences with annotations")
     parser.add_argument("--out", type=Path, required=True, help="folder for the predicted masks")
     args = parser.parse_args(argv)
+    data, out = args.data.resolve(), args.out.resolve()
+    if out == data or data in out.parents:  # <seq>/<frame>.png written into Annotations/ replaces the truth
+        raise UserInputError(f"--out {args.out} lies inside --data {args.data}: the predicted masks would overwrite "
+                             f"its annotations, or be read as sequences; choose a folder outside it")
+    if args.out.exists() and not args.out.is_dir():
+        raise UserInputError(f"--out {args.out} is a file; give a folder (it is created if missing)")
     config = get_config(args.config)
     checkpoint = args.checkpoint or default_checkpoint(config.name)
     read = choose_read(args.read, args.sigma, checkpoint)

@@ -36,3 +36,17 @@ def test_a_bad_sequence_is_named(tmp_path):
     cv2.imwrite(str(mask), small)
     with pytest.raises(UserInputError, match="^sequence synthetic-0001: first mask: mask size 128x72 differs"):
         main(["--config", "tiny", "--data", str(data), "--out", str(tmp_path / "scores")])
+
+
+def test_an_out_inside_the_data_is_refused_before_anything_is_written(tmp_path):
+    """--out DATA/Annotations would replace the ground truth with the predictions, which then score 1.0."""
+    data = write_video_dataset(tmp_path / "videos", videos=1, seed=12, config=VideoConfig(frames=4), progress=False)
+    truth = {path: path.read_bytes() for path in (data / "Annotations").rglob("*.png")}
+    for out in (data / "Annotations", data):
+        with pytest.raises(UserInputError, match=f"--out {out} lies inside --data {data}: the predicted masks would "
+                           "overwrite its annotations"):
+            main(["--config", "tiny", "--data", str(data), "--out", str(out)])
+    assert {path: path.read_bytes() for path in (data / "Annotations").rglob("*.png")} == truth
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserInputError, match="is a file; give a folder"):
+        main(["--config", "tiny", "--data", str(data), "--out", str(tmp_path / "file")])
