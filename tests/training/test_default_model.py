@@ -192,4 +192,34 @@ def test_recipe_checks_its_training_options_before_generating_any_video(tmp_path
 
     with pytest.raises(UserInputError, match="--train-batchnorm-until"):
         main(["--out", str(tmp_path / "out"), "--train-batchnorm-until", "-1"])
+    with pytest.raises(UserInputError, match=f"--install {tmp_path} is a folder; give a file name"):
+        main(["--out", str(tmp_path / "out"), "--install", str(tmp_path)])
     assert not (tmp_path / "out").exists()
+
+
+def test_recipe_links_the_given_videos_and_follows_a_new_videos_folder(tmp_path):
+    """Every set is checked before anything is linked; a later run with another --videos uses those, not the
+    earlier run's links; videos the recipe generated in --out itself are not replaced by links."""
+    import pytest
+
+    from kmnrt.errors import UserInputError
+    from kmnrt.training.default_model import link_videos
+
+    sets = (("videos-train", 1, 1), ("videos-validation", 1, 3), ("videos-heldout", 1, 2))
+    first, second, out = tmp_path / "first", tmp_path / "second", tmp_path / "out"
+    for root in (first, second):
+        for name, _, _ in sets:
+            (root / name).mkdir(parents=True)
+    (second / "videos-heldout").rmdir()
+    out.mkdir()
+    with pytest.raises(UserInputError, match="has no videos-heldout/"):
+        link_videos(second, out, sets)
+    assert not list(out.iterdir())  # nothing linked before the check
+    link_videos(first, out, sets)
+    (second / "videos-heldout").mkdir()
+    link_videos(second, out, sets)
+    assert [(out / name).resolve() for name, _, _ in sets] == [(second / name).resolve() for name, _, _ in sets]
+    (out / "videos-train").unlink()
+    (out / "videos-train").mkdir()  # generated here by a run without --videos
+    with pytest.raises(UserInputError, match="already holds its own videos-train/"):
+        link_videos(first, out, sets)
