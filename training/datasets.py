@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from kmnrt.errors import KmnrtWarning, UserInputError
+from kmnrt.errors import KmnrtWarning, UserInputError, a_few
 from kmnrt.training.augment import random_resize_crop, maybe_flip
 from kmnrt.training.clips import CLIP_LENGTH, Clip, finish_clip, motion_clip, static_clip
 from kmnrt.training.config import SkipCurriculum, TrainConfig
@@ -47,14 +47,22 @@ def find_image_pairs(root: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
         raise UserInputError(f"image folder {root} needs JPEGImages/ (images) and Annotations/ (index-mask PNGs) "
                              "side by side; omit --data to pre-train on synthetic images")
     masks = {path.stem: path for path in masks_dir.glob("*.png")}
-    pairs = [(path, masks[path.stem]) for path in sorted(images_dir.iterdir())
-             if path.suffix.lower() in (".jpg", ".jpeg", ".png") and path.stem in masks]
+    images = [path for path in sorted(images_dir.iterdir()) if path.suffix.lower() in (".jpg", ".jpeg", ".png")]
+    pairs = [(path, masks[path.stem]) for path in images if path.stem in masks]
     if not pairs:
         if any(path.is_dir() for path in images_dir.iterdir()):
             raise UserInputError(f"{images_dir} holds folders, as a video tree does (JPEGImages/<sequence>/); "
                                  "pre-training takes images (JPEGImages/<name>.jpg with Annotations/<name>.png): "
                                  "train on videos with --stage main")
         raise UserInputError(f"no image in {images_dir} has a mask of the same name in {masks_dir}")
+    unmatched = [path.name for path in images if path.stem not in masks]
+    orphans = sorted(set(masks) - {path.stem for path in images})
+    if unmatched or orphans:  # a naming slip would otherwise shrink the data without a word
+        left = [f"{len(unmatched)} image(s) without a mask of the same name ({a_few(unmatched, 3)})"] * bool(unmatched)
+        orphan_names = a_few((masks[name].name for name in orphans), 3)
+        left += [f"{len(orphans)} mask(s) without an image ({orphan_names})"] * bool(orphans)
+        warnings.warn(f"{root}: {' and '.join(left)} are left out; training goes on with the {len(pairs)} pair(s)",
+                      KmnrtWarning, stacklevel=2)
     return pairs
 
 
@@ -150,7 +158,8 @@ class StaticClips(_IndexedClips):
         self.pairs = pairs
 
     def describe(self) -> str:
-        return "procedural images" if self.pairs is None else f"{len(self.pairs)} images with masks"
+        count = len(self.pairs or ())
+        return "procedural images" if self.pairs is None else f"{count} image{'s' * (count != 1)} with masks"
 
     def draw(self, rng: np.random.Generator, iteration: int) -> Clip | None:
         config, size = self.config, self.config.size

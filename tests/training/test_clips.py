@@ -86,6 +86,12 @@ def test_user_image_pairs_feed_the_static_recipe(tmp_path, small_config):
     pairs = find_image_pairs(tmp_path)
     assert [p[0].name for p in pairs] == ["a.jpg"]
     _check_clip(StaticClips(small_config, pairs)[0], 64)
+    assert StaticClips(small_config, pairs).describe() == "1 image with masks"
+    cv2.imwrite(str(tmp_path / "JPEGImages" / "b0.jpg"), image[..., ::-1])  # named unlike its mask: a slip
+    cv2.imwrite(str(tmp_path / "Annotations" / "b1.png"), mask)
+    with pytest.warns(KmnrtWarning, match=r"1 image\(s\) without a mask of the same name \(b0.jpg\) and 1 mask\(s\) "
+                      r"without an image \(b1.png\) are left out; training goes on with the 1 pair\(s\)"):
+        assert find_image_pairs(tmp_path) == pairs
     with pytest.raises(UserInputError, match="JPEGImages"):
         find_image_pairs(tmp_path / "JPEGImages")
 
