@@ -28,7 +28,16 @@ def load_results(path: str | Path) -> dict:
     if not isinstance(document, dict) or document.get("schema") != SCHEMA:
         raise UserInputError(f"{path} is not a kmnrt benchmark result (expected schema {SCHEMA!r}); "
                              f"write one with `kmnrt bench --json`")
+    missing = [key for key in REQUIRED_KEYS if key not in document]
+    if missing:  # an edited or truncated file: the tables would fail on their first lookup
+        raise UserInputError(f"{path} is an incomplete kmnrt benchmark result (no {', '.join(missing)}); write it "
+                             f"again with `kmnrt bench --json`")
     return document
+
+
+# what every report reads; a run writes them all from its first save on
+REQUIRED_KEYS = ("environment", "bundle", "settings", "command", "input", "results", "read_memory", "throughput",
+                 "created")
 
 
 def _ms(value: float | None) -> str:
@@ -77,6 +86,8 @@ def terminal_summary(document: dict) -> str:
                   _ms(r["batched"]["latency"]["p90_ms"]), f"{r['sequential']['fps']:.1f}",
                   _ms(r["sequential"]["latency"]["p90_ms"]), _x(r["speedup"])) for r in document["throughput"]]
         lines += ["", "throughput, K sessions on one device:", *aligned_columns(rows, right_from=1)]
+    if not document.get("complete", True):
+        lines += ["", "incomplete run: it was interrupted, and only the configurations above were measured"]
     return "\n".join(lines)
 
 

@@ -63,6 +63,12 @@ def test_terminal_summary_is_aligned_columns_of_every_result(bench_document: dic
                                          str(first["sessions"]), f"{first['batched']['fps']:.1f}"]
 
 
+def test_an_interrupted_run_says_so_in_the_terminal_too(bench_document: dict) -> None:
+    assert "incomplete run" not in terminal_summary(bench_document)
+    assert terminal_summary(dict(bench_document, complete=False)).endswith(
+        "incomplete run: it was interrupted, and only the configurations above were measured")
+
+
 def test_report_without_baseline_says_so(bench_document: dict, tmp_path: Path) -> None:
     document = dict(bench_document)
     document["results"] = [dict(r, speedup=None) for r in bench_document["results"] if r["backend"] != "reference"]
@@ -112,6 +118,9 @@ def test_missing_bundle_and_bad_report(tmp_path: Path, capsys: pytest.CaptureFix
     other.write_text(json.dumps({"schema": "something-else"}))
     assert "not a kmnrt benchmark result" in _error(capsys, ["bench", "--report", str(other)])
     assert "do not exist" in _error(capsys, ["bench", "--report", str(tmp_path / "missing.json")])
+    (tmp_path / "bare.json").write_text('{"schema": "kmnrt-bench-v1"}')
+    assert "is an incomplete kmnrt benchmark result (no environment, bundle" in _error(
+        capsys, ["bench", "--report", str(tmp_path / "bare.json")])
 
 
 def test_default_sizes_fit_the_bundle_and_the_command_spells_them_out(tiny_bundle: Path) -> None:
