@@ -257,6 +257,12 @@ def check_stage_options(args: argparse.Namespace) -> None:
         other = "main" if args.stage == "pretrain" else "pretrain"
         raise UserInputError(f"{what} of --stage {other}, not of this --stage {args.stage} run: drop "
                              f"{' '.join(flag for flag, _ in misplaced)}")
+    from_random = [flag for flag, given in (("--tied-init", args.tied_init),
+                                            ("--calibrated-init", args.calibrated_init)) if given]
+    if args.init is not None and from_random:  # recorded in train_config.json, they would change nothing
+        raise UserInputError(f"{' and '.join(from_random)} shape{'s' * (len(from_random) == 1)} a random "
+                             f"initialisation, and --init gives the weights to start from: drop "
+                             f"{' '.join(from_random)}")
     if args.no_hide_and_seek and args.hide_grid is not None:
         raise UserInputError(f"--hide-grid {args.hide_grid} sets Hide-and-Seek's grid, and --no-hide-and-seek turns "
                              f"Hide-and-Seek off: drop one of them")

@@ -202,9 +202,11 @@ def load_state(path: Path, config: TrainConfig) -> dict:
         raise UserInputError(f"--resume {path} does not exist; give the {STATE_NAME} of an earlier run")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for foreign or damaged files, some without a message
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise UserInputError(f"--resume {path} is not a kmnrt training state: {reason}") from None
+    except Exception:  # noqa: BLE001 - torch raises several types for foreign or damaged files; their messages
+        # speak of torch.load's options (one advises weights_only=False, unsafe for a file of unknown origin)
+        what = "is empty" if path.stat().st_size == 0 else "is damaged or not a kmnrt training state"
+        raise UserInputError(f"--resume {path} {what}; give the {STATE_NAME} of an earlier run (or start a new "
+                             f"one with --force)") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise UserInputError(f"--resume {path} is not a kmnrt training state ({STATE_FORMAT})")
     if state["model_config"] != config.model or state["stage"] != config.stage:

@@ -99,8 +99,16 @@ def test_resume_refuses_a_finished_or_foreign_state(small_config, tmp_path):
     with pytest.raises(UserInputError, match="--stage pretrain"):
         train(main_run, progress=False)
     (tmp_path / "junk.pt").write_bytes(b"not a state")
-    with pytest.raises(UserInputError, match="not a kmnrt training state"):
+    with pytest.raises(UserInputError, match="junk.pt is damaged or not a kmnrt training state; give the "
+                       "train_state.pt of an earlier run"):
         train(dataclasses.replace(small_config, iterations=8, resume=tmp_path / "junk.pt"), progress=False)
+    torch.save({"code": print}, tmp_path / "pickled.pt")  # weights_only refuses it; torch's advice must not show
+    with pytest.raises(UserInputError) as raised:
+        train(dataclasses.replace(small_config, iterations=8, resume=tmp_path / "pickled.pt"), progress=False)
+    assert "weights_only" not in str(raised.value) and "damaged or not a kmnrt training state" in str(raised.value)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(UserInputError, match="empty.pt is empty"):
+        train(dataclasses.replace(small_config, iterations=8, resume=tmp_path / "empty.pt"), progress=False)
 
 
 def test_poly_learning_rate_decays_to_zero():
@@ -290,6 +298,9 @@ def test_cli_refuses_options_of_the_other_stage_and_says_which(tmp_path, capsys)
          "--motion-fraction sets the procedural images, and --data gives images of your own"),
         (["--stage", "pretrain", "--no-hide-and-seek", "--hide-grid", "14"],
          "--hide-grid 14 sets Hide-and-Seek's grid, and --no-hide-and-seek turns Hide-and-Seek off"),
+        (["--stage", "main", "--data", str(videos), "--init", str(videos), "--tied-init", "--calibrated-init"],
+         "--tied-init and --calibrated-init shape a random initialisation, and --init gives the weights to start "
+         "from: drop --tied-init --calibrated-init"),
     ]
     for argv, message in cases:
         assert kmnrt_main(["train", "--iterations", "2", "--out", str(tmp_path / "run"), *argv]) != 0
