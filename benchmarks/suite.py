@@ -82,8 +82,9 @@ def check_options(options: BenchOptions):
         reason = None if backend == BASELINE else backend_unavailable_reason(ALIASES.get(backend, backend), manifest)
         if reason:
             raise UserInputError(f"--backends: {backend} cannot run {options.bundle} here: {reason}; leave it out")
-    if len(set(options.backends)) != len(options.backends):
-        raise UserInputError("--backends names a backend twice")
+    twice = sorted({backend for backend in options.backends if options.backends.count(backend) > 1})
+    if twice:
+        raise UserInputError(f"--backends names {', '.join(twice)} twice; give each backend once")
     for value in options.memory:
         if not 1 <= value <= manifest.max_memory:
             raise UserInputError(f"--memory {value}: T must be between 1 and the bundle's max_memory "

@@ -188,8 +188,9 @@ class TrainConfig:
         if self.threads is not None and self.threads < 1:
             raise UserInputError(f"--threads must be at least 1, got {self.threads}")
         if self.hide_and_seek.grid < 1 or not 0 <= self.hide_and_seek.max_probability <= 1:
-            raise UserInputError(f"Hide-and-Seek needs a grid of at least 1 cell and a probability in [0, 1], "
-                                 f"got grid {self.hide_and_seek.grid}, p {self.hide_and_seek.max_probability}")
+            raise UserInputError(f"Hide-and-Seek needs a grid (--hide-grid) of at least 1 cell and a probability "
+                                 f"in [0, 1], got grid {self.hide_and_seek.grid}, p "
+                                 f"{self.hide_and_seek.max_probability}")
 
     def to_dict(self) -> dict:
         """JSON-ready: paths as strings."""

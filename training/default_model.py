@@ -304,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     seeds = tuple(dict.fromkeys(args.seeds))
+    if min(seeds) < 0:
+        raise UserInputError(f"--seeds must be 0 or more, got {min(seeds)}")
     parallel = args.parallel if args.parallel is not None else (
         1 if args.device == "cuda" else min(len(seeds), os.cpu_count() or 1))
     if parallel < 1:

@@ -278,7 +278,7 @@ def train(config: TrainConfig, progress: bool = True, bar_position: int | None =
         data = dataset.describe() + (f" in {config.data}" if config.data is not None else "")
         if progress and bar_position is None:  # runs side by side (the recipe) say it in their train.log only
             print(f"training on {data}", file=sys.stderr)
-        log = TrainLog(out / LOG_NAME, config, start, data, writer)
+        log = TrainLog(out / LOG_NAME, config, start, data, writer, continued=resumed is not None)
         until = config.batchnorm_until
         set_train_mode(model, config.freeze_batchnorm and (until is None or start >= until))
         bar = tqdm(total=config.iterations, initial=start, unit="it", file=sys.stderr, dynamic_ncols=True,
@@ -349,11 +349,14 @@ def _last_saved(iteration: int | None, state_path: Path) -> str:
 
 class TrainLog:
     """``train.log``: one line per ``log_every`` iterations (mean loss since the last line, lr, seconds per
-    iteration), appended and flushed, so a background run can be watched with ``tail -f``; the same values as
+    iteration), appended (a resumed run continues its run's log) and flushed, so a background run can be watched with ``tail -f``; the same values as
     TensorBoard scalars to ``events``, a SummaryWriter, when given (a resumed run adds an event file)."""
 
-    def __init__(self, path: Path, config: TrainConfig, start: int, data: str, events=None):
+    def __init__(self, path: Path, config: TrainConfig, start: int, data: str, events=None,
+                 continued: bool = False):
         self.path, self.last, self.clock, self.events = path, start, time.perf_counter(), events
+        if not continued:  # a new run: a log left by one that failed before its first checkpoint is not its own
+            path.unlink(missing_ok=True)
         self._append(f"# {config.model} {config.stage}: iterations {start} -> {config.iterations}, "
                      f"batch {config.batch}, size {config.size}, seed {config.seed}, device {config.device}; "
                      f"data: {data}\n")

@@ -52,8 +52,8 @@ class VideoConfig:
 
     def __post_init__(self) -> None:
         if self.height < 32 or self.width < 32 or self.frames < 3:
-            raise UserInputError(f"generated videos need at least 32x32 pixels and 3 frames, got "
-                                 f"{self.width}x{self.height}, {self.frames} frames")
+            raise UserInputError(f"generated videos need at least 32x32 pixels (--width, --height) and 3 frames "
+                                 f"(--frames), got {self.width}x{self.height}, {self.frames} frames")
         if not 1 <= self.min_objects <= self.max_objects <= 255:
             raise UserInputError(f"objects per video must satisfy 1 <= min_objects <= max_objects (--max-objects) "
                                  f"<= 255, the ids a mask PNG holds; got {self.min_objects} and {self.max_objects}")

@@ -91,7 +91,7 @@ def _error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
     (["--objects", "0"], "N must be between 1"),
     (["--backends", "reference,foo"], "unknown backend 'foo'"),
     (["--backends", "tensorrt"], "tensorrt cannot run"),
-    (["--backends", "torch,torch"], "twice"),
+    (["--backends", "torch,torch"], "--backends names torch twice; give each backend once"),
     (["--frames", "0"], "--frames 0"),
     (["--sessions", "0"], "--sessions 0"),
     (["--throughput-at", "1", "--sessions", "1,2"], "give N,T"),

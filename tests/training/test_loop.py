@@ -188,6 +188,11 @@ def test_cli_pretrain_then_main_on_generated_videos(tmp_path, capsys):
     assert kmnrt_main(again) == 2
     assert f"--resume {tmp_path / 'pre' / 'train_state.pt'}" in capsys.readouterr().err
     assert (tmp_path / "pre" / "model.safetensors").read_bytes() == weights
+    # a new run where one failed before its first checkpoint (no state to resume) starts its own log
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / "train.log").write_text("# tiny pretrain: a run that failed\n")
+    assert kmnrt_main(["train", "--stage", "pretrain", *common, "--out", str(tmp_path / "fresh")]) == 0
+    assert "failed" not in (tmp_path / "fresh" / "train.log").read_text()
     # --force with a typo in --init: refused, and the run it was to replace is still there
     assert kmnrt_main([*again, "--force", "--init", str(tmp_path / "typo.safetensors")]) == 2
     assert "typo.safetensors does not exist" in capsys.readouterr().err

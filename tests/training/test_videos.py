@@ -66,6 +66,7 @@ def test_written_tree_reads_as_davis_and_scores_perfectly_against_itself(tmp_pat
 
 @pytest.mark.parametrize("argv, message", [
     (["--seed", "-1"], "--seed must be 0 or more, got -1"),
+    (["--frames", "1"], "generated videos need at least 32x32 pixels (--width, --height) and 3 frames (--frames)"),
     (["--max-objects", "300"], "objects per video must satisfy 1 <= min_objects <= max_objects (--max-objects) <= 255"),
 ])
 def test_generate_data_option_errors_are_one_line(tmp_path, capsys, argv, message):
