@@ -349,8 +349,9 @@ def _last_saved(iteration: int | None, state_path: Path) -> str:
 
 class TrainLog:
     """``train.log``: one line per ``log_every`` iterations (mean loss since the last line, lr, seconds per
-    iteration), appended (a resumed run continues its run's log) and flushed, so a background run can be watched with ``tail -f``; the same values as
-    TensorBoard scalars to ``events``, a SummaryWriter, when given (a resumed run adds an event file)."""
+    iteration), appended (a resumed run continues its run's log) and flushed, so a background run can be watched
+    with ``tail -f``; the same values as TensorBoard scalars to ``events``, a SummaryWriter, when given (a resumed
+    run adds an event file)."""
 
     def __init__(self, path: Path, config: TrainConfig, start: int, data: str, events=None,
                  continued: bool = False):
