@@ -23,9 +23,10 @@ and as plain means over all objects. The first and last ground-truth frame of ea
 scored; objects are the ids 1..K of the first ground-truth frame, and predicted id k is scored against
 ground-truth id k.
 
-GT_ROOT is a DAVIS tree (JPEGImages/, Annotations/[480p/]<seq>/), one sequence folder (Annotations/*.png), a
-folder of sequence folders (each with JPEGImages/ and Annotations/), or a folder of <seq>/ folders of PNGs. DAVIS-2016 masks (0/255) are read as object 1; GT value 255 in a
-multi-object mask is void and counts as background.
+GT_ROOT is a DAVIS tree (JPEGImages/, Annotations/[480p/]<seq>/), one sequence folder (Annotations/*.png),
+a folder of sequence folders (each with JPEGImages/ and Annotations/), or a folder of <seq>/ folders of
+PNGs. DAVIS-2016 masks (0/255) are read as object 1; GT value 255 in a multi-object mask is void and
+counts as background.
 PRED_ROOT holds <seq>/<frame>.png for every scored ground-truth frame: indexed (palette) or grayscale
 PNGs of object ids, at the ground-truth size.
 
