@@ -187,6 +187,10 @@ class TrainConfig:
             raise UserInputError(f"--workers must be 0 or more, got {self.workers}")
         if self.threads is not None and self.threads < 1:
             raise UserInputError(f"--threads must be at least 1, got {self.threads}")
+        if self.stage == "pretrain" and self.hide_and_seek.enabled and self.hide_and_seek.grid > self.size:
+            raise UserInputError(f"--hide-grid {self.hide_and_seek.grid} cuts a {self.size}-pixel crop into cells "
+                                 f"under one pixel; use at most {self.size} (one cell per key cell: "
+                                 f"{self.size // 16})")
         if self.hide_and_seek.grid < 1 or not 0 <= self.hide_and_seek.max_probability <= 1:
             raise UserInputError(f"Hide-and-Seek needs a grid (--hide-grid) of at least 1 cell and a probability "
                                  f"in [0, 1], got grid {self.hide_and_seek.grid}, p "

@@ -71,7 +71,7 @@ def find_video_sequences(root: str | os.PathLike[str], clip_frames: int = CLIP_L
     ``clip_frames`` annotated frames are skipped."""
     from kmnrt.data import find_sequences, open_sequence_frames
 
-    sequences = []
+    sequences, short = [], []
     for sequence in find_sequences(root):
         if sequence.frames_dir is None or sequence.annotations_dir is None:
             continue
@@ -80,9 +80,14 @@ def find_video_sequences(root: str | os.PathLike[str], clip_frames: int = CLIP_L
         if len(names) >= clip_frames:
             sequences.append(VideoSequence(sequence.name, tuple(frames[n] for n in names),
                                            tuple(sequence.annotation_path(n) for n in names)))
+        else:
+            short.append(sequence.name)
     if not sequences:
         raise UserInputError(f"no sequence in {root} has {clip_frames} or more frames with both an image "
                              "(JPEGImages/<seq>/) and a mask (Annotations/<seq>/); main training needs videos")
+    if short:  # a --clip-frames above the data's videos would otherwise shrink the data without a word
+        warnings.warn(f"{root}: {len(short)} sequence(s) with fewer than {clip_frames} annotated frames are left "
+                      f"out ({a_few(short, 3)}); training goes on with {len(sequences)}", KmnrtWarning, stacklevel=2)
     return sequences
 
 

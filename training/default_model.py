@@ -306,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     seeds = tuple(dict.fromkeys(args.seeds))
     if min(seeds) < 0:
         raise UserInputError(f"--seeds must be 0 or more, got {min(seeds)}")
+    if args.pretrain_iterations < 0:
+        raise UserInputError(f"--pretrain-iterations must be 0 (no pre-training) or more, got "
+                             f"{args.pretrain_iterations}")
     parallel = args.parallel if args.parallel is not None else (
         1 if args.device == "cuda" else min(len(seeds), os.cpu_count() or 1))
     if parallel < 1:

@@ -213,6 +213,10 @@ def test_bad_video_folders_are_user_errors(tmp_path, make_video_tree):
     with pytest.raises(UserInputError, match="3 or more frames"):
         find_video_sequences(short)
     assert len(find_video_sequences(short, clip_frames=2)) == 1
+    make_video_tree(short, name="longer", frames=4)  # the 2-frame video is left out, and that is said
+    with pytest.warns(KmnrtWarning, match=r"1 sequence\(s\) with fewer than 3 annotated frames are left out "
+                      r"\(squares\); training goes on with 1"):
+        assert [s.name for s in find_video_sequences(short)] == ["longer"]
     with pytest.raises(UserInputError, match="clip-frames"):
         preset("tiny", "main", tmp_path / "run", clip_frames=1)
 

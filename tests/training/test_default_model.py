@@ -192,6 +192,8 @@ def test_recipe_checks_its_training_options_before_generating_any_video(tmp_path
 
     with pytest.raises(UserInputError, match="--train-batchnorm-until"):
         main(["--out", str(tmp_path / "out"), "--train-batchnorm-until", "-1"])
+    with pytest.raises(UserInputError, match="--pretrain-iterations must be 0 \\(no pre-training\\) or more"):
+        main(["--out", str(tmp_path / "out"), "--pretrain-iterations", "-1"])
     with pytest.raises(UserInputError, match=f"--install {tmp_path} is a folder; give a file name"):
         main(["--out", str(tmp_path / "out"), "--install", str(tmp_path)])
     assert not (tmp_path / "out").exists()

@@ -277,6 +277,8 @@ def test_cli_trains_past_damaged_frames_and_says_which(tmp_path, capsys):
     (["--data", "/nonexistent/kmnrt"], "is not a folder"),
     (["--max-skip", "10"], "--max-skip sets the max_skip curriculum of --stage main, not of this --stage pretrain"),
     (["--short-side", "200"], "--short-side sets the resizing of video frames of --stage main"),
+    (["--size", "64", "--hide-grid", "100"], "--hide-grid 100 cuts a 64-pixel crop into cells under one pixel; use "
+                                             "at most 64 (one cell per key cell: 4)"),
 ])
 def test_cli_user_errors_are_one_line(tmp_path, capsys, argv, message):
     assert kmnrt_main(["train", "--iterations", "1", "--out", str(tmp_path / "run"), *argv]) != 0
