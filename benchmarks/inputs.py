@@ -13,6 +13,7 @@ on the masks' shapes.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,8 +78,9 @@ def load_input(path: str | Path | None, needed_frames: int) -> BenchInput:
 
     path = Path(path) if path is not None else default_input()
     limit = max(2, min(needed_frames, MAX_LOADED_FRAMES))
-    if path.is_dir() and (path / "JPEGImages").is_dir():
-        return _load_sequence(path, limit)
+    if path.is_dir() and ((path / "JPEGImages").is_dir() or any((child / "JPEGImages").is_dir()
+                                                                 for child in path.iterdir())):
+        return _load_sequence(path, limit)  # a sequence folder, a DAVIS tree or a folder of sequence folders
     source = open_frames(path, limit)
     frames = [frame for _, frame in source]
     if not frames:
@@ -90,7 +92,12 @@ def _load_sequence(folder: Path, limit: int) -> BenchInput:
     from kmnrt.data.davis import find_sequences, open_sequence_frames, read_annotation
     from kmnrt.data.palette import without_void
 
-    sequence = find_sequences(folder)[0]
+    sequences = find_sequences(folder)
+    sequence = sequences[0]
+    if len(sequences) > 1:  # the run measures one video: say which, in the terminal and in the results
+        print(f"--input {folder} holds {len(sequences)} sequences; benchmarking the first, {sequence.name}",
+              file=sys.stderr)
+        folder = Path(f"{folder} (sequence {sequence.name})")
     frames = [frame for _, frame in open_sequence_frames(sequence, limit)]
     if not frames:
         raise UserInputError(f"sequence {folder} holds no frames in JPEGImages/")

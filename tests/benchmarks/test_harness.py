@@ -160,3 +160,13 @@ def test_a_long_video_holds_the_runtimes_memory_at_capacity_while_the_baseline_g
         assert runs[backend]["windows"][-1]["memory_frames"] == max_memory
     # first frame + frames 5, 10, ..., 55 + the previous frame, concatenated without a cap
     assert runs["reference"]["windows"][-1]["memory_frames"] == 1 + 11 + 1 > max_memory
+
+
+def test_a_folder_of_sequences_is_benchmarked_on_its_first_and_says_so(shared_vos: Path, capsys) -> None:
+    """--input may be a DAVIS tree or a folder of sequence folders (the shared test data): one video is measured,
+    named in the terminal and in the results' source."""
+    bench_input = load_input(shared_vos, 3)
+    first = sorted(path.name for path in shared_vos.iterdir() if (path / "JPEGImages").is_dir())[0]
+    assert bench_input.describe()["source"] == f"{shared_vos} (sequence {first})"
+    assert bench_input.describe()["masks"].startswith("annotation ")
+    assert f"--input {shared_vos} holds 4 sequences; benchmarking the first, {first}" in capsys.readouterr().err
