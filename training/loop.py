@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import shutil
 import sys
 import time
@@ -274,7 +275,9 @@ def train(config: TrainConfig, progress: bool = True, bar_position: int | None =
         loader = DataLoader(dataset, batch_size=config.batch, sampler=range(start * config.batch, len(dataset)),
                             collate_fn=list, num_workers=config.workers)
         checkpoint, state_path, averaged = out / CHECKPOINT_NAME, out / STATE_NAME, out / AVERAGED_NAME
-        writer = writer_class(str(out / TENSORBOARD_DIR)) if writer_class else None
+        # a resumed run's events after its checkpoint replace those of the run it continues (purge_step)
+        writer = writer_class(str(out / TENSORBOARD_DIR), purge_step=start + 1 if resumed else None) \
+            if writer_class else None
         data = dataset.describe() + (f" in {config.data}" if config.data is not None else "")
         if progress and bar_position is None:  # runs side by side (the recipe) say it in their train.log only
             print(f"training on {data}", file=sys.stderr)
@@ -347,6 +350,9 @@ def _last_saved(iteration: int | None, state_path: Path) -> str:
     return f"the last checkpoint, iteration {iteration}, is kept: continue with --resume {state_path}"
 
 
+LOGGED_ITERATION = re.compile(r"^\S+ it (\d+) ")  # "12:00:05 it 25 loss ..."
+
+
 class TrainLog:
     """``train.log``: one line per ``log_every`` iterations (mean loss since the last line, lr, seconds per
     iteration), appended (a resumed run continues its run's log) and flushed, so a background run can be watched
@@ -358,6 +364,11 @@ class TrainLog:
         self.path, self.last, self.clock, self.events = path, start, time.perf_counter(), events
         if not continued:  # a new run: a log left by one that failed before its first checkpoint is not its own
             path.unlink(missing_ok=True)
+        elif path.is_file():  # the lines past the checkpoint it resumes from are done again below
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+                    if not (match := LOGGED_ITERATION.match(line)) or int(match.group(1)) <= start]
+            with atomic_output(path) as tmp:
+                tmp.write_text("".join(kept), encoding="utf-8")
         self._append(f"# {config.model} {config.stage}: iterations {start} -> {config.iterations}, "
                      f"batch {config.batch}, size {config.size}, seed {config.seed}, device {config.device}; "
                      f"data: {data}\n")

@@ -49,13 +49,21 @@ def test_a_run_writes_weights_state_log_and_curve(small_config):
 
 def test_tensorboard_events_hold_what_train_log_says(small_config, tmp_path):
     """--tensorboard: the loss, lr and pace of every train.log line as scalars TensorBoard itself reads back; a
-    resumed run adds its own event file, and the steps go on where the first file stopped."""
+    resumed run adds its own event file, and the steps go on from its checkpoint: what an interrupted run logged
+    past it is replaced, not shown twice."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from torch.utils.tensorboard import SummaryWriter
 
     config = dataclasses.replace(small_config, log_every=1, tensorboard=True, iterations=2)
     train(config, progress=False)
     state = config.out / "train_state.pt"
-    train(dataclasses.replace(config, iterations=4, resume=state), progress=False)
+    # what a run interrupted after logging iteration 3 but before its next checkpoint leaves behind
+    with (config.out / "train.log").open("a") as log:
+        log.write("12:00:00 it 3 loss 99.0000 lr 1.00e-03 0.10 s/it\n")
+    with SummaryWriter(str(config.out / "tensorboard")) as stale:
+        stale.add_scalar("train/loss", 99.0, 3)
+    train(dataclasses.replace(config, iterations=4, resume=state), progress=False)  # redoes 3 and 4
     events = EventAccumulator(str(config.out / "tensorboard"))
     events.Reload()
     assert set(events.Tags()["scalars"]) == {"train/loss", "train/lr", "train/seconds_per_iteration"}
@@ -63,7 +71,8 @@ def test_tensorboard_events_hold_what_train_log_says(small_config, tmp_path):
     assert [event.step for event in events.Scalars("train/loss")] == [int(line[2]) for line in logged] == [1, 2, 3, 4]
     assert [f"{event.value:.4f}" for event in events.Scalars("train/loss")] == [line[4] for line in logged]
     assert [f"{event.value:.2e}" for event in events.Scalars("train/lr")] == [line[6] for line in logged]
-    assert len(list((config.out / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    assert len(list((config.out / "tensorboard").glob("events.out.tfevents.*"))) == 3
+    assert "99.0" not in (config.out / "train.log").read_text()  # the interrupted run's line, done again, is gone
 
 
 def test_tensorboard_missing_is_a_one_line_error(tmp_path, capsys, monkeypatch):
