@@ -93,23 +93,23 @@ def _load_sequence(folder: Path, limit: int) -> BenchInput:
     from kmnrt.data.palette import without_void
 
     sequences = find_sequences(folder)
-    sequence = sequences[0]
+    sequence, source = sequences[0], str(folder)
     if len(sequences) > 1:  # the run measures one video: say which, in the terminal and in the results
         print(f"--input {folder} holds {len(sequences)} sequences; benchmarking the first, {sequence.name}",
               file=sys.stderr)
-        folder = Path(f"{folder} (sequence {sequence.name})")
+        source = f"{folder} (sequence {sequence.name})"
     frames = [frame for _, frame in open_sequence_frames(sequence, limit)]
     if not frames:
-        raise UserInputError(f"sequence {folder} holds no frames in JPEGImages/")
+        raise UserInputError(f"sequence {source} holds no frames in JPEGImages/")
     first = sequence.frame_names[0]
     if first in sequence.annotation_names:
         mask = without_void(read_annotation(sequence, first))[0]  # as every tracking command reads masks
         if mask.shape != frames[0].shape[:2]:
-            raise UserInputError(f"annotation of frame {first} in {folder} is {mask.shape[1]}x{mask.shape[0]}, "
+            raise UserInputError(f"annotation of frame {first} in {source} is {mask.shape[1]}x{mask.shape[0]}, "
                                  f"the frames are {frames[0].shape[1]}x{frames[0].shape[0]}")
         if mask.any():
-            return BenchInput(str(folder), frames, mask, f"annotation {sequence.annotation_path(first)}")
-    return BenchInput(str(folder), frames, centre_box(frames[0].shape[:2]),
+            return BenchInput(source, frames, mask, f"annotation {sequence.annotation_path(first)}")
+    return BenchInput(source, frames, centre_box(frames[0].shape[:2]),
                       "centre box (the sequence has no first-frame annotation)")
 
 

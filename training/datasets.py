@@ -58,9 +58,11 @@ def find_image_pairs(root: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
     unmatched = [path.name for path in images if path.stem not in masks]
     orphans = sorted(set(masks) - {path.stem for path in images})
     if unmatched or orphans:  # a naming slip would otherwise shrink the data without a word
-        left = [f"{len(unmatched)} image(s) without a mask of the same name ({a_few(unmatched, 3)})"] * bool(unmatched)
-        orphan_names = a_few((masks[name].name for name in orphans), 3)
-        left += [f"{len(orphans)} mask(s) without an image ({orphan_names})"] * bool(orphans)
+        left = []
+        if unmatched:
+            left.append(f"{len(unmatched)} image(s) without a mask of the same name ({a_few(unmatched, 3)})")
+        if orphans:
+            left.append(f"{len(orphans)} mask(s) without an image ({a_few((masks[n].name for n in orphans), 3)})")
         warnings.warn(f"{root}: {' and '.join(left)} are left out; training goes on with the {len(pairs)} pair(s)",
                       KmnrtWarning, stacklevel=2)
     return pairs

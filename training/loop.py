@@ -276,7 +276,7 @@ def train(config: TrainConfig, progress: bool = True, bar_position: int | None =
                             collate_fn=list, num_workers=config.workers)
         checkpoint, state_path, averaged = out / CHECKPOINT_NAME, out / STATE_NAME, out / AVERAGED_NAME
         # a resumed run's events after its checkpoint replace those of the run it continues (purge_step)
-        writer = writer_class(str(out / TENSORBOARD_DIR), purge_step=start + 1 if resumed else None) \
+        writer = writer_class(str(out / TENSORBOARD_DIR), purge_step=start + 1 if resumed is not None else None) \
             if writer_class else None
         data = dataset.describe() + (f" in {config.data}" if config.data is not None else "")
         if progress and bar_position is None:  # runs side by side (the recipe) say it in their train.log only

@@ -96,7 +96,7 @@ class serve_in_thread:
     """``with serve_in_thread(app) as url``: a real uvicorn server on 127.0.0.1 (an ephemeral port) in a thread,
     returned once ``/v2/health/ready`` answers 200 (``wait_ready=False``: once it listens, e.g. to watch the
     warm-up); it shuts down gracefully on exit (the app's lifespan drains its worker). uvicorn is set up as
-    ``kmnrt serve`` sets it up for ``app.state.settings``."""
+    ``kmnrt serve`` sets it up (:func:`kmnrt.service.app.make_server`)."""
 
     def __init__(self, app, wait_ready: bool = True, timeout_s: float = 120):
         from kmnrt.service.app import make_server
