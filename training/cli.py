@@ -137,6 +137,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="DataLoader worker processes making clips (default: 0, in the training process)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--threads", type=int, help="PyTorch CPU threads (default: PyTorch's choice)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="keep convolution tensors in channels-last (NHWC) memory order: about 11%% faster "
+                        "steps on this project's CPUs; the same training, rounded differently, so the weights "
+                        "differ from a run without it (default: off)")
     parser.add_argument("--no-amp", action="store_true", help="on CUDA: train in fp32 (default: fp16 autocast)")
     parser.add_argument("--log-every", type=int, default=50,
                         help="write a line to OUT/train.log every N iterations (default: 50)")
@@ -197,6 +201,7 @@ def config_from_args(args: argparse.Namespace):  # -> TrainConfig (imported lazi
                     memory_forget=args.memory_forget, seed=args.seed, data=args.data,
                     init=args.init, resume=args.resume, device=args.device, max_objects=args.max_objects,
                     checkpoint_every=args.checkpoint_every, workers=args.workers, threads=args.threads,
+                    channels_last=args.channels_last,
                     log_every=args.log_every, tensorboard=args.tensorboard, amp=not args.no_amp,
                     freeze_batchnorm=not args.train_batchnorm, batchnorm_until=args.train_batchnorm_until,
                     tied_init=args.tied_init, tied_training=args.tied_training,

@@ -119,6 +119,7 @@ class TrainConfig:
     tensorboard: bool = False  # also write the logged values as TensorBoard events, to OUT/tensorboard
     workers: int = 0
     threads: int | None = None  # torch intra-op threads; None = PyTorch's default
+    channels_last: bool = False  # convolutions in NHWC memory order: faster steps on a CPU, rounded differently
     amp: bool = True  # fp16 autocast on CUDA (ignored on the CPU)
     optim: OptimConfig = field(default_factory=OptimConfig)
     hide_and_seek: HideAndSeekConfig = field(default_factory=HideAndSeekConfig)
@@ -187,6 +188,10 @@ class TrainConfig:
             raise UserInputError(f"--workers must be 0 or more, got {self.workers}")
         if self.threads is not None and self.threads < 1:
             raise UserInputError(f"--threads must be at least 1, got {self.threads}")
+        if self.channels_last and self.device == "cpu" and self.threads != 1:
+            raise UserInputError("--channels-last on the CPU needs --threads 1: with more threads, oneDNN's "
+                                 "weight gradient of a 1x1 convolution in channels-last order crashed the process "
+                                 "(PyTorch 2.13; docs/training.md)")
         if self.stage == "pretrain" and self.hide_and_seek.enabled and self.hide_and_seek.grid > self.size:
             raise UserInputError(f"--hide-grid {self.hide_and_seek.grid} cuts a {self.size}-pixel crop into cells "
                                  f"under one pixel; use at most {self.size} (one cell per key cell: "

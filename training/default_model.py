@@ -99,6 +99,7 @@ class Recipe:
     memory_forget: float = MEMORY_FORGET
     batchnorm_until: int | None = BATCHNORM_UNTIL
     threads: int | None = 1
+    channels_last: bool = False
     device: str = "cpu"
     batch: int = BATCH
 
@@ -122,7 +123,8 @@ def stage_configs(recipe: Recipe, out: Path, seed: int = SEEDS[0],
     with the memory trunk and key head tied to the query side's (``--tied-training``) and a calibrated
     initialisation. ``videos``: the training videos (default ``out/videos-train``)."""
     common = {"size": recipe.crop, "batch": recipe.batch, "seed": seed, "threads": recipe.threads,
-              "device": recipe.device, "checkpoint_every": 100, "log_every": 25, "tied_training": True}
+              "channels_last": recipe.channels_last, "device": recipe.device, "checkpoint_every": 100,
+              "log_every": 25, "tied_training": True}
     pretrain = None
     if recipe.pretrain_iterations > 0:
         pretrain = preset(recipe.model, "pretrain", out / "pretrain", iterations=recipe.pretrain_iterations,
@@ -278,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seeds trained at once, each in its own process (default: on the CPU, one per core "
                         "up to the number of seeds; on CUDA, 1)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="train with convolution tensors in channels-last memory order (kmnrt train "
+                        "--channels-last): faster, rounded differently (default: off)")
     parser.add_argument("--real", type=Path, help="also score these real DAVIS-style sequences (not trained on)")
     parser.add_argument("--install", type=Path, help="copy the final weights here (e.g. "
                         "model/weights/small_synthetic.safetensors)")
@@ -319,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     recipe = Recipe(model=args.config, crop=args.size, short_side=args.short_side or None, batch=args.batch,
                     main_iterations=args.iterations, pretrain_iterations=args.pretrain_iterations,
                     memory_forget=args.memory_forget, batchnorm_until=args.train_batchnorm_until or None,
-                    threads=args.threads, device=args.device)
+                    threads=args.threads, channels_last=args.channels_last,
+                    device=args.device)
     stage_configs(recipe, args.out)  # the options checked (one-line errors) before any video is generated
     started = time.perf_counter()
     out: Path = args.out

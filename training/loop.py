@@ -247,6 +247,8 @@ def train(config: TrainConfig, progress: bool = True, bar_position: int | None =
         calibrate_init(model, config.size, config.seed)
     tied = shared_parameters(model) if config.tied_training else None
     model.to(device)
+    if config.channels_last:  # before the optimizer: Adam's moments take the parameters' memory format
+        model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if config.amp and device.type == "cuda" else None
     start, losses = 0, []

@@ -84,8 +84,10 @@ def test_tensorboard_missing_is_a_one_line_error(tmp_path, capsys, monkeypatch):
     assert "Traceback" not in error and not (tmp_path / "run").exists()  # asked before anything is written
 
 
-def test_resume_continues_exactly_like_an_uninterrupted_run(small_config, tmp_path):
-    whole = _schedule_free(dataclasses.replace(small_config, out=tmp_path / "whole", log_every=1))
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
+def test_resume_continues_exactly_like_an_uninterrupted_run(small_config, tmp_path, channels_last):
+    whole = _schedule_free(dataclasses.replace(small_config, out=tmp_path / "whole", log_every=1,
+                                               channels_last=channels_last, threads=1 if channels_last else None))
     full = train(whole, progress=False)
     first_half = dataclasses.replace(whole, out=tmp_path / "split", iterations=2)
     train(first_half, progress=False)
@@ -97,6 +99,20 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(small_config, tmp_pa
     assert full_state.keys() == resumed_state.keys()
     for key in full_state:
         assert torch.equal(full_state[key], resumed_state[key]), key
+
+
+def test_channels_last_trains_the_same_network_rounded_differently(small_config, tmp_path):
+    runs = {layout: train(_schedule_free(dataclasses.replace(small_config, out=tmp_path / layout,
+                                                              channels_last=layout == "nhwc", threads=1)),
+                  progress=False)
+            for layout in ("nchw", "nhwc")}
+    first = [run.losses[0] for run in runs.values()]
+    assert first[0] == pytest.approx(first[1], rel=1e-5)  # the first step's forward: one network, two memory orders
+    weights = [read_checkpoint(run.checkpoint)[0] for run in runs.values()]
+    assert all(tensor.is_contiguous() for tensor in weights[1].values())  # saved as any checkpoint is
+    assert max(float((weights[0][k] - weights[1][k]).abs().max()) for k in weights[0]) < 0.05
+    with pytest.raises(UserInputError, match="--channels-last on the CPU needs --threads 1"):
+        dataclasses.replace(small_config, channels_last=True)  # more threads crashed oneDNN (docs/training.md)
 
 
 def test_resume_refuses_a_finished_or_foreign_state(small_config, tmp_path):
