@@ -72,7 +72,9 @@ def run_video(args: argparse.Namespace) -> int:
     written = 0
     started = time.perf_counter()
     frames = iter(source)
-    with kept_if_written(args.out):  # a mask refused at frame 0 leaves no empty folder behind
+    # a mask refused at frame 0 leaves no empty folder behind, for the masks or the overlay
+    overlay_folder = args.overlay.parent if args.overlay else args.out
+    with kept_if_written(args.out), kept_if_written(overlay_folder):
         output_folder(args.out)
         overlay = OverlayWriter(args.overlay, source) if args.overlay else None
         unreadable = False  # a frame that cannot be read ends the run with the overlay up to it, as its error says

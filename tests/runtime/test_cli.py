@@ -224,8 +224,10 @@ def test_a_failed_run_leaves_no_empty_folder_and_no_half_replaced_overlay(tiny_b
     frames, mask = video_folder
     empty = tmp_path / "empty.png"
     write_label_png(empty, np.zeros((60, 106), np.uint8))
-    assert run("--bundle", tiny_bundle, "--input", frames, "--mask", empty, "--out", tmp_path / "new" / "out") == 2
+    assert run("--bundle", tiny_bundle, "--input", frames, "--mask", empty, "--out", tmp_path / "new" / "out",
+               "--overlay", tmp_path / "videos" / "overlay.mp4") == 2
     assert "has no object" in capsys.readouterr().err and not (tmp_path / "new").exists()  # nor its new parent
+    assert not (tmp_path / "videos").exists()  # nor the overlay's
 
     masks, crowded = tmp_path / "masks", read_label_png(mask).copy()
     masks.mkdir()
