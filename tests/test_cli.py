@@ -1,4 +1,5 @@
-"""The ``kmnrt`` entry point: arguments no command takes are reported under that command's usage."""
+"""The ``kmnrt`` entry point: arguments no command takes are reported under that command's usage; an empty
+path is refused."""
 
 import pytest
 
@@ -32,3 +33,13 @@ def test_an_unknown_option_before_any_command_gets_the_top_level_usage(capsys):
 def test_no_command_prints_the_help(capsys):
     assert main([]) == 0
     assert "Run `kmnrt COMMAND --help`" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["track", "--input", "v.mp4", "--mask", "m.png", "--out", ""],
+                                  ["export", "--out", " "], ["eval", ""], ["train", "--out=", "--stage", "main"]])
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(argv, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # Path("") is "."; a run there would have written into it
+    err = run_failing(argv, capsys)
+    assert "error: argument " in err and err.strip().endswith(": an empty path; give a file or folder name")
+    assert not any(tmp_path.iterdir())
+

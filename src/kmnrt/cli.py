@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from pathlib import Path
 
 from kmnrt import __version__
 from kmnrt.errors import exit_status
@@ -45,7 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
         module.register(subparsers)
     for command in subparsers.choices.values():
         command.set_defaults(command_parser=command)
+        refuse_empty_paths(command)
     return parser
+
+
+def refuse_empty_paths(parser: argparse.ArgumentParser) -> None:
+    """Make every path argument of ``parser`` refuse an empty value: ``Path("")`` is the current folder, so
+    ``--out "$UNSET"`` would otherwise write a run's files wherever the command was started."""
+    for action in parser._actions:
+        if action.type is Path:
+            action.type = _path
+
+
+def _path(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a file or folder name")
+    return Path(text)
 
 
 def main(argv: list[str] | None = None) -> int:
