@@ -4,7 +4,8 @@ side by side, choose on validation, score, install. See docs/default-model.md fo
     python -m kmnrt.training.default_model --out out/default-model --threads 1
 
 Steps, each skipped when its output already exists (a stage cut off part-way is resumed from its
-``train_state.pt``), so re-running the command finishes an interrupted recipe:
+``train_state.pt``; a finished stage trained with other options is refused, not reused), so re-running the
+command finishes an interrupted recipe:
 
 1. ``kmnrt generate-data``: training videos (seed 1), validation videos (seed 3) and held-out videos (seed 2) in
    DAVIS layout;
@@ -169,15 +170,23 @@ def train_seeds(recipe: Recipe, out: Path, seeds: tuple[int, ...], parallel: int
 
 
 def run_stage(config: TrainConfig, bar_position: int | None = None) -> Path:
-    """Train one stage unless it is complete; resume it when it was cut off after a checkpoint."""
+    """Train one stage unless it is complete (with the same options); resume it when it was cut off after a
+    checkpoint."""
     import torch
 
+    from kmnrt.errors import UserInputError
     from kmnrt.training.loop import CHECKPOINT_NAME, STATE_NAME, train
+    from kmnrt.training.resume import changed_options
 
     state_path = Path(config.out) / STATE_NAME
     if state_path.is_file():
         done = int(torch.load(state_path, map_location="cpu", weights_only=True)["iteration"])
         if done >= config.iterations:
+            changed = changed_options(config, Path(config.out) / "train_config.json")
+            if changed:  # not this recipe's weights; whether to train them again is the user's call
+                raise UserInputError(f"{config.out} holds a finished {config.stage} stage trained with other "
+                                     f"options: {', '.join(changed)}; give the recipe another --out, or remove "
+                                     f"that folder to train the stage again")
             print(f"{config.stage}: complete ({done} iterations), skipped", file=sys.stderr)
             return Path(config.out) / CHECKPOINT_NAME
         config = dataclasses.replace(config, resume=state_path, init=None)

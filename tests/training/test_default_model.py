@@ -114,6 +114,8 @@ def test_recipe_main_stage_is_the_documented_kmnrt_train_command(tmp_path):
     _, main = stage_configs(Recipe(crop=160, short_side=216, batch=4), tmp_path, seed=2)
     assert config_from_args(parser.parse_args([*documented, "--size", "160", "--short-side", "216", "--batch", "4"])) \
         == main
+    _, main = stage_configs(Recipe(channels_last=True), tmp_path, seed=2)
+    assert config_from_args(parser.parse_args([*documented, "--channels-last"])) == main
 
 
 def test_recipe_tracks_at_the_multiples_of_16_in_the_training_scale_range():
@@ -160,6 +162,26 @@ def test_recipe_trains_seeds_side_by_side_and_keeps_the_best_on_validation(tmp_p
     together = load_file(tmp_path / "side-by-side" / "seed-5" / "main" / "model.safetensors")
     assert all(torch.equal(tensor, together[name]) for name, tensor in load_file(alone.checkpoint).items())
     assert round(alone.validation, 4) == summary["seeds"]["5"]["validation"]
+
+
+def test_recipe_reuses_a_finished_stage_only_when_trained_with_the_same_options(tmp_path, capsys):
+    import pytest
+
+    from kmnrt.errors import UserInputError
+    from kmnrt.training.default_model import main
+
+    argv = ["--out", str(tmp_path / "out"), "--videos", str(_tiny_video_folders(tmp_path / "videos")), "--config",
+            "tiny", "--size", "64", "--short-side", "0", "--iterations", "3", "--train-batchnorm-until", "0",
+            "--seeds", "4", "--parallel", "1"]
+    assert main(argv) == 0
+    weights = tmp_path / "out" / "seed-4" / "main" / "model.safetensors"
+    trained = weights.read_bytes()
+    assert main(argv) == 0
+    assert "main: complete (3 iterations), skipped" in capsys.readouterr().err
+    with pytest.raises(UserInputError, match="seed-4/main holds a finished main stage trained with other options: "
+                       "channels_last True \\(the run: False\\); give the recipe another --out"):
+        main([*argv, "--channels-last"])
+    assert weights.read_bytes() == trained
 
 
 def test_recipe_refuses_zero_parallel_runs(tmp_path):
