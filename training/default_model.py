@@ -272,6 +272,7 @@ def link_videos(videos: Path, out: Path, sets: tuple[tuple[str, int, int], ...])
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kmnrt.cli import refuse_empty_paths
     from kmnrt.data.atomic import atomic_output, check_output_file
     from kmnrt.errors import UserInputError
     from kmnrt.training.videos import write_video_dataset
@@ -315,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{BATCHNORM_UNTIL}; 0: frozen throughout)")
     parser.add_argument("--videos", type=Path, help="use this folder's videos-train/, videos-validation/ and "
                         "videos-heldout/ instead of generating them under --out")
+    refuse_empty_paths(parser)
     args = parser.parse_args(argv)
 
     seeds = tuple(dict.fromkeys(args.seeds))

@@ -48,6 +48,7 @@ def track_and_score(model: KMN, data: str | os.PathLike[str], predictions: str |
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kmnrt.cli import refuse_empty_paths
     from kmnrt.model.checkpoint import choose_read, choose_short_side, load_model
     from kmnrt.model.cli import add_read_arguments, add_short_side_argument, add_weights_arguments
     from kmnrt.model.config import get_config
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mem-every", type=int, default=5, help="memory interval (default: 5)")
     parser.add_argument("--data", type=Path, required=True, help="DAVIS-style sequences with annotations")
     parser.add_argument("--out", type=Path, required=True, help="folder for the predicted masks")
+    refuse_empty_paths(parser)
     args = parser.parse_args(argv)
     data, out = args.data.resolve(), args.out.resolve()
     if out == data or data in out.parents:  # <seq>/<frame>.png written into Annotations/ replaces the truth

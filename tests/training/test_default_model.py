@@ -218,6 +218,8 @@ def test_recipe_checks_its_training_options_before_generating_any_video(tmp_path
         main(["--out", str(tmp_path / "out"), "--pretrain-iterations", "-1"])
     with pytest.raises(UserInputError, match=f"--install {tmp_path} is a folder; give a file name"):
         main(["--out", str(tmp_path / "out"), "--install", str(tmp_path)])
+    with pytest.raises(SystemExit, match="2"):  # argparse: "argument --out: an empty path", not the current folder
+        main(["--out", ""])
     assert not (tmp_path / "out").exists()
 
 

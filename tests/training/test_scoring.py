@@ -50,3 +50,5 @@ def test_an_out_inside_the_data_is_refused_before_anything_is_written(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserInputError, match="is a file; give a folder"):
         main(["--config", "tiny", "--data", str(data), "--out", str(tmp_path / "file")])
+    with pytest.raises(SystemExit, match="2"):  # Path("") is the current folder: argparse names --out instead
+        main(["--config", "tiny", "--data", str(data), "--out", ""])
