@@ -44,7 +44,7 @@ MODEL = "small"          # model/config.py: widths 16/32/64, key 32, value 64, d
 CROP = 224               # training crops of 224x224 (all of a frame's short side: more context per clip) ...
 SHORT_SIDE = 224         # ... out of frames resized to a short side of 224-291 (1.6-2x the 144 of the videos)
 PRETRAIN_ITERATIONS = 0  # 0: no pre-training stage (1000 or 3000 in front of main scored lower: the model card)
-MAIN_ITERATIONS = 15000  # one thread at about 0.26 s/iteration on this machine: about 65 min
+MAIN_ITERATIONS = 15000  # one thread each, two seeds side by side: about 0.2 s/iteration, 49 min on this machine
 PRETRAIN_LR = 1e-3
 PRETRAIN_WARMUP = 200    # without a warm-up, Adam's first step saturated seed 2's pre-training output for good
 MAIN_LR = 1e-3
@@ -54,6 +54,7 @@ HARD_PIXELS = 0.25       # bootstrapped cross-entropy over the hardest quarter o
 MEMORY_FORGET = 0.0      # chance a block of an object is forgotten in the memorised prediction (docs/training.md)
 BATCHNORM_UNTIL = 5000   # per-frame BatchNorm statistics until then, then recalibrated and frozen (the card)
 BATCH = 2                # two 224 crops hold about the pixels of four 160 crops: larger clips, not more
+CHANNELS_LAST = True     # NHWC convolutions: 11 % faster steps on this CPU (rounded differently; the card)
 # Seeds trained side by side, one process and one thread each on this machine's two cores; validation keeps
 # one. Four seeds of the previous recipe spanned 0.74-0.83 J&F on validation and 0.68-0.82 held-out, more than most
 # recipe changes measured; this recipe's two 0.74 and 0.80, 0.86 and 0.84 (docs/default-model.md).
@@ -100,7 +101,7 @@ class Recipe:
     memory_forget: float = MEMORY_FORGET
     batchnorm_until: int | None = BATCHNORM_UNTIL
     threads: int | None = 1
-    channels_last: bool = False
+    channels_last: bool = CHANNELS_LAST
     device: str = "cpu"
     batch: int = BATCH
 
@@ -290,9 +291,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="seeds trained at once, each in its own process (default: on the CPU, one per core "
                         "up to the number of seeds; on CUDA, 1)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--channels-last", action="store_true",
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=CHANNELS_LAST,
                         help="train with convolution tensors in channels-last memory order (kmnrt train "
-                        "--channels-last): faster, rounded differently (default: off)")
+                        "--channels-last): faster, rounded differently; the installed weights were trained with "
+                        "it (default: on)")
     parser.add_argument("--real", type=Path, help="also score these real DAVIS-style sequences (not trained on)")
     parser.add_argument("--install", type=Path, help="copy the final weights here (e.g. "
                         "model/weights/small_synthetic.safetensors)")

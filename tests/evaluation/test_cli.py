@@ -70,7 +70,7 @@ def test_eval_reports_a_missing_folder_without_traceback(tmp_path, capsys) -> No
     err = capsys.readouterr().err
     assert status != 0 and err.startswith("error: prediction folder") and "no-such-pred" in err
 
-    status = main(["eval", str(tmp_path / "gt"), str(tmp_path / "pred"), "--json", ""])  # before any scoring
+    status = main(["eval", str(tmp_path / "gt"), str(tmp_path / "pred"), "--json", "."])  # before any scoring
     assert status == 2 and capsys.readouterr().err.startswith("error: --json .: give the path of a file")
 
 

@@ -149,7 +149,7 @@ def test_with_no_options_the_embedded_model_tracks(tmp_path, capsys):
     code, stdout, err = run(capsys, "--input", frames, "--mask", masks / "00000.png", "--out", tmp_path / "pred")
     assert code == 0, err
     assert "random weights" not in err
-    assert "2 object(s) [1, 2]" in stdout and "small, kmn read, sigma 4, short side 272" in stdout
+    assert "2 object(s) [1, 2]" in stdout and "small, kmn read, sigma 2, short side 272" in stdout
 
     def mean_iou(predictions: Path) -> float:
         ious = []

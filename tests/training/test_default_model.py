@@ -85,6 +85,7 @@ def test_recipe_main_stage_is_the_documented_kmnrt_train_command(tmp_path):
     from kmnrt.training.default_model import (
         BATCH,
         BATCHNORM_UNTIL,
+        CHANNELS_LAST,
         CROP,
         MAIN_ITERATIONS,
         MEMORY_FORGET,
@@ -101,10 +102,10 @@ def test_recipe_main_stage_is_the_documented_kmnrt_train_command(tmp_path):
                "--batch", str(BATCH), "--iterations", str(MAIN_ITERATIONS), "--lr", "1e-3", "--grad-clip", "1",
                "--tied-training", "--calibrated-init",
                "--read-loss", "1", "--hard-pixels", "0.25", "--memory-forget", str(MEMORY_FORGET),
-               "--data", str(tmp_path / "videos-train"), "--threads", "1",
+               "--data", str(tmp_path / "videos-train"), "--threads", "1", "--channels-last",
                "--checkpoint-every", "100", "--log-every", "25", "--seed", "2", "--out", str(tmp_path / "main")]
     assert 2 in SEEDS
-    assert (CROP, SHORT_SIDE, BATCH, BATCHNORM_UNTIL) == (224, 224, 2, 5000)  # the card's recipe
+    assert (CROP, SHORT_SIDE, BATCH, BATCHNORM_UNTIL, CHANNELS_LAST) == (224, 224, 2, 5000, True)  # the card's
     documented = [*command, "--train-batchnorm-until", str(BATCHNORM_UNTIL)]
     _, main = stage_configs(Recipe(), tmp_path, seed=2)
     assert config_from_args(parser.parse_args(documented)) == main
@@ -114,8 +115,8 @@ def test_recipe_main_stage_is_the_documented_kmnrt_train_command(tmp_path):
     _, main = stage_configs(Recipe(crop=160, short_side=216, batch=4), tmp_path, seed=2)
     assert config_from_args(parser.parse_args([*documented, "--size", "160", "--short-side", "216", "--batch", "4"])) \
         == main
-    _, main = stage_configs(Recipe(channels_last=True), tmp_path, seed=2)
-    assert config_from_args(parser.parse_args([*documented, "--channels-last"])) == main
+    _, main = stage_configs(Recipe(channels_last=False), tmp_path, seed=2)
+    assert config_from_args(parser.parse_args([arg for arg in documented if arg != "--channels-last"])) == main
 
 
 def test_recipe_tracks_at_the_multiples_of_16_in_the_training_scale_range():
@@ -179,8 +180,8 @@ def test_recipe_reuses_a_finished_stage_only_when_trained_with_the_same_options(
     assert main(argv) == 0
     assert "main: complete (3 iterations), skipped" in capsys.readouterr().err
     with pytest.raises(UserInputError, match="seed-4/main holds a finished main stage trained with other options: "
-                       "channels_last True \\(the run: False\\); give the recipe another --out"):
-        main([*argv, "--channels-last"])
+                       "channels_last False \\(the run: True\\); give the recipe another --out"):
+        main([*argv, "--no-channels-last"])
     assert weights.read_bytes() == trained
 
 
