@@ -327,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.pretrain_iterations < 0:
         raise UserInputError(f"--pretrain-iterations must be 0 (no pre-training) or more, got "
                              f"{args.pretrain_iterations}")
+    if args.channels_last and args.device == "cpu" and args.threads > 1:  # on by default: say how to turn it off
+        raise UserInputError(f"--threads {args.threads}: the recipe trains with --channels-last, which on the CPU "
+                             f"needs --threads 1 (docs/training.md); add --no-channels-last to train with more "
+                             f"threads")
     parallel = args.parallel if args.parallel is not None else (
         1 if args.device == "cuda" else min(len(seeds), os.cpu_count() or 1))
     if parallel < 1:

@@ -219,6 +219,9 @@ def test_recipe_checks_its_training_options_before_generating_any_video(tmp_path
         main(["--out", str(tmp_path / "out"), "--pretrain-iterations", "-1"])
     with pytest.raises(UserInputError, match=f"--install {tmp_path} is a folder; give a file name"):
         main(["--out", str(tmp_path / "out"), "--install", str(tmp_path)])
+    with pytest.raises(UserInputError, match="--threads 2: the recipe trains with --channels-last, which on the CPU "
+                       "needs --threads 1 .*; add --no-channels-last"):
+        main(["--out", str(tmp_path / "out"), "--threads", "2"])
     with pytest.raises(SystemExit, match="2"):  # argparse: "argument --out: an empty path", not the current folder
         main(["--out", ""])
     assert not (tmp_path / "out").exists()
