@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from kmnrt.model.checkpoint import (load_model, read_checkpoint, recommended_read, recommended_short_side,
@@ -41,13 +40,13 @@ def test_install_writes_the_weights_with_the_chosen_read_and_scale(tmp_path):
 
 
 def test_default_model_runs_the_reference_tracker_on_a_generated_video(tmp_path):
-    # Quality is not asserted: the shipped model misses its J&F target (docs/default-model.md). This checks that
-    # the embedded weights go through the tracker and the scorer like any checkpoint.
+    # The embedded weights go through the tracker and the scorer like any checkpoint, and they track: 0.967 on this
+    # 6-frame generated video (random weights score near 0; docs/default-model.md has the held-out figures).
     data = write_video_dataset(tmp_path / "videos", videos=1, seed=HELDOUT_SEED + 101,
                                config=VideoConfig(frames=6), progress=False)
     model = load_model(get_config(MODEL), default_checkpoint(MODEL))
     result = track_and_score(model, data, tmp_path / "predictions", progress=False)
-    assert np.isfinite(result.global_scores.j_and_f_mean) and 0.0 <= result.global_scores.j_and_f_mean <= 1.0
+    assert 0.9 <= result.global_scores.j_and_f_mean <= 1.0
     assert len(list((tmp_path / "predictions" / "synthetic-0000").glob("*.png"))) == 6
 
 
