@@ -341,8 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe = Recipe(model=args.config, crop=args.size, short_side=args.short_side or None, batch=args.batch,
                     main_iterations=args.iterations, pretrain_iterations=args.pretrain_iterations,
                     memory_forget=args.memory_forget, batchnorm_until=args.train_batchnorm_until or None,
-                    threads=args.threads, channels_last=args.channels_last,
-                    device=args.device)
+                    threads=args.threads, channels_last=args.channels_last, device=args.device)
     stage_configs(recipe, args.out)  # the options checked (one-line errors) before any video is generated
     started = time.perf_counter()
     out: Path = args.out
